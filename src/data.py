@@ -1,0 +1,188 @@
+"""CharDataModule: a text corpus as an endless, reproducible stream of random training blocks and a fixed val set.
+
+Training batches follow the lecture's ``get_batch`` (``x = data[i:i+T]``, ``y = data[i+1:i+T+1]``, ``i`` uniform)
+but draw a whole batch with one gather. Batch ``n`` of global rank ``r`` is a pure function of ``(seed, r, n)``, so
+ranks and workers draw different blocks, a seed replays its stream, and resuming only needs ``n``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from src.corpus import SHAKESPEARE_SHA256, SHAKESPEARE_URL, ensure_shakespeare, read_text
+from src.errors import UserError
+from src.tokenizer import CharTokenizer
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def stream_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from a tuple of integers (neighbouring tuples give unrelated streams)."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def draw_blocks(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator) -> Batch:
+    """``batch_size`` random (x, y) blocks of ``data``, with y one token ahead of x, in a single gather."""
+    starts = torch.randint(len(data) - block_size, (batch_size, 1), generator=generator)
+    chunk = data[starts + torch.arange(block_size + 1)].long()  # (B, T+1)
+    return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+
+
+class BlockStream(IterableDataset):
+    """The endless training stream of one rank, starting at batch ``start``; workers split it round-robin."""
+
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, seed: int, rank: int, start: int = 0):
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.seed, self.rank, self.start = seed, rank, start
+
+    def batch(self, index: int) -> Batch:
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, index))
+        return draw_blocks(self.data, self.block_size, self.batch_size, generator)
+
+    def __iter__(self) -> Iterator[Batch]:
+        # the DataLoader takes one batch from each worker in turn, so worker w serving every w-th batch keeps
+        # the stream identical for any number of workers
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        index = self.start + worker
+        while True:
+            yield self.batch(index)
+            index += workers
+
+
+class FixedBatches(Dataset):
+    """Precomputed batches, one item per batch (the validation set)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.x[i], self.y[i]
+
+
+class CharDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        path: str | None = None,
+        cache_dir: str = "data",
+        block_size: int = 256,
+        batch_size: int = 64,
+        train_fraction: float = 0.9,
+        val_batches: int = 20,
+        seed: int = 1337,
+        val_seed: int = 0,
+        num_workers: int = 0,
+        url: str = SHAKESPEARE_URL,
+        sha256: str = SHAKESPEARE_SHA256,
+    ) -> None:
+        """Args:
+        path: a UTF-8 text file to train on, used as it is; leave unset for tiny-shakespeare.
+        cache_dir: where tiny-shakespeare is downloaded to (``<cache_dir>/tinyshakespeare/input.txt``).
+        block_size: context length T of every block.
+        batch_size: blocks per training and validation batch.
+        train_fraction: the first part of the text that is trained on; the rest is the validation split.
+        val_batches: the size of the fixed validation set, in batches.
+        seed: seed of the training stream (each rank derives its own stream from it).
+        val_seed: seed of the validation blocks; keep it fixed so losses compare across runs.
+        num_workers: DataLoader worker processes; 0 is fastest here, a batch is one gather.
+        url: where tiny-shakespeare is downloaded from.
+        sha256: the checksum a download must match.
+        """
+        super().__init__()
+        problems = [
+            f"{name} must be positive, got {value}"
+            for name, value in (("block_size", block_size), ("batch_size", batch_size), ("val_batches", val_batches))
+            if value < 1
+        ]
+        if not 0 < train_fraction < 1:
+            problems.append(f"train_fraction must be between 0 and 1, got {train_fraction}")
+        if num_workers < 0:
+            problems.append(f"num_workers must be 0 or more, got {num_workers}")
+        if problems:
+            raise UserError("invalid data settings: " + "; ".join(f"--data.{p}" for p in problems))
+        self.save_hyperparameters()
+        self._text: str | None = None
+        self.tokenizer: CharTokenizer | None = None
+        self.batches_drawn = 0  # training batches consumed so far: the stream position saved in checkpoints
+
+    def prepare_data(self) -> None:
+        if self.hparams.path is None:
+            ensure_shakespeare(self.hparams.cache_dir, self.hparams.url, self.hparams.sha256)
+
+    def _corpus(self) -> str:
+        if self._text is None:
+            hp = self.hparams
+            path = hp.path if hp.path is not None else ensure_shakespeare(hp.cache_dir, hp.url, hp.sha256)
+            self._text = read_text(path)
+            self.tokenizer = CharTokenizer.from_text(self._text)
+        return self._text
+
+    @property
+    def vocab(self) -> str:
+        """The serialised vocabulary; reading it loads the corpus, so the CLI can link it into the model early."""
+        self._corpus()
+        return self.tokenizer.to_string()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_data"):
+            return
+        hp = self.hparams
+        text = self._corpus()
+        data = self.tokenizer.encode_tensor(text)
+        n = int(hp.train_fraction * len(data))
+        self.train_data, self.val_data = data[:n], data[n:]
+        for split, part in (("training", self.train_data), ("validation", self.val_data)):
+            if len(part) < hp.block_size + 1:
+                raise UserError(
+                    f"the {split} split has {len(part)} tokens, fewer than block_size + 1 = {hp.block_size + 1}: "
+                    f"use a longer text, a smaller --data.block_size or another --data.train_fraction"
+                )
+        generator = torch.Generator().manual_seed(hp.val_seed)
+        x, y = draw_blocks(self.val_data, hp.block_size, hp.val_batches * hp.batch_size, generator)
+        shape = (hp.val_batches, hp.batch_size, hp.block_size)
+        self.val_set = FixedBatches(x.view(shape), y.view(shape))
+
+    def _loader(self, dataset: Dataset, num_workers: int) -> DataLoader:
+        # a private generator: creating the loader's iterator must not consume the global RNG, or resuming a run
+        # would shift every later dropout mask
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        hp = self.hparams
+        stream = BlockStream(self.train_data, hp.block_size, hp.batch_size, hp.seed, rank, start=self.batches_drawn)
+        return self._loader(stream, hp.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, 0)
+
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if self.trainer is not None and self.trainer.training:
+            self.batches_drawn += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.batches_drawn = int(state_dict["batches_drawn"])
