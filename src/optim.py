@@ -1,0 +1,44 @@
+"""AdamW with nanoGPT's decay rule, and linear warmup into cosine decay built from ``torch.optim.lr_scheduler``."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and embeddings (>= 2-D); leave biases and LayerNorm gains (1-D) alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    # minGPT's check: every trainable tensor sits in exactly one group
+    assert {id(p) for p in decay}.isdisjoint(id(p) for p in no_decay)
+    assert len(decay) + len(no_decay) == len({id(p) for p in params})
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device_type: str = "cpu"
+) -> torch.optim.AdamW:
+    # the fused kernel is one launch per step on CUDA; on CPU, foreach is already the fast path
+    fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr: float) -> LRScheduler:
+    """Linear warmup from ~0 to the base lr over ``warmup_steps``, then cosine decay to ``min_lr`` at
+    ``total_steps``; stepped once per optimizer step. ``min_lr`` equal to the base lr gives a constant rate."""
+    decay_steps = max(total_steps - warmup_steps, 1)
+    base_lr = optimizer.param_groups[0]["lr"]
+    decay = (
+        ConstantLR(optimizer, factor=1.0, total_iters=0)
+        if min_lr >= base_lr
+        else CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=min_lr)
+    )
+    if warmup_steps <= 0:
+        return decay
+    warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])

@@ -1,0 +1,232 @@
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from src.model import GPT, BigramLanguageModel, GPTConfig, build_model
+from src.sampling import generate_tokens
+
+
+def tiny(**overrides) -> GPT:
+    config = {"vocab_size": 11, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0}
+    return GPT(GPTConfig(**{**config, **overrides})).eval()
+
+
+def all_logits(model, idx, input_pos=None):
+    """Logits at every position (forward returns only the last one unless targets are given)."""
+    return model(idx, torch.zeros_like(idx), input_pos=input_pos)[0]
+
+
+def test_parameter_counts_match_the_lecture():
+    notebook = GPTConfig(vocab_size=65, block_size=32, n_layer=4, n_head=4, n_embd=64, dropout=0.0)
+    lecture = GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2)
+    assert GPT(notebook).num_params() == 209_729
+    assert GPT(lecture).num_params() == 10_788_929
+    assert BigramLanguageModel(notebook).num_params() == 65 * 65
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("n_embd", 30, "n_embd \\(30\\) must be divisible by n_head \\(4\\)"),
+        ("n_layer", 0, "n_layer must be a positive integer, got 0"),
+        ("block_size", -3, "block_size must be a positive integer, got -3"),
+        ("dropout", 1.0, "dropout must be in \\[0, 1\\), got 1.0"),
+        ("dropout", -0.1, "dropout must be in \\[0, 1\\), got -0.1"),
+    ],
+)
+def test_config_errors_name_the_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{"n_head": 4, "n_embd": 32, field: value})
+
+
+def test_unknown_model_type():
+    with pytest.raises(ValueError, match="unknown model_type 'rnn'"):
+        build_model("rnn")
+
+
+def test_causality():
+    model = tiny()
+    idx = torch.randint(0, 11, (2, 16))
+    changed = idx.clone()
+    changed[:, 9:] = (changed[:, 9:] + 1) % 11
+    a, b = all_logits(model, idx), all_logits(model, changed)
+    assert torch.allclose(a[:, :9], b[:, :9], atol=1e-6)
+    assert not torch.allclose(a[:, 9], b[:, 9])
+
+
+def seed_style_attention(attn, x):
+    """The lecture's Head/MultiHeadAttention: per-head q, k, v, tril mask, softmax, weighted sum, projection."""
+    B, T, C = x.shape
+    wq, wk, wv = attn.c_attn.weight.split(C, dim=0)
+    tril = torch.tril(torch.ones(T, T))
+    heads = []
+    for h in range(attn.n_head):
+        rows = slice(h * attn.head_size, (h + 1) * attn.head_size)
+        q, k, v = x @ wq[rows].T, x @ wk[rows].T, x @ wv[rows].T
+        wei = q @ k.transpose(-2, -1) * attn.head_size**-0.5
+        wei = wei.masked_fill(tril == 0, float("-inf"))
+        heads.append(F.softmax(wei, dim=-1) @ v)
+    return attn.c_proj(torch.cat(heads, dim=-1))
+
+
+def test_fused_attention_equals_the_seeds_per_head_attention():
+    attn = tiny(n_embd=32, n_head=4).transformer.h[0].attn
+    x = torch.randn(3, 16, 32)
+    assert torch.allclose(attn(x), seed_style_attention(attn, x), atol=1e-5)
+
+
+def test_the_mathematical_trick():
+    B, T, C = 4, 8, 2
+    x = torch.randn(B, T, C)
+    loop = torch.stack([torch.stack([x[b, : t + 1].mean(0) for t in range(T)]) for b in range(B)])
+    tril = torch.tril(torch.ones(T, T))
+    matmul = (tril / tril.sum(1, keepdim=True)) @ x
+    softmax = F.softmax(torch.zeros(T, T).masked_fill(tril == 0, float("-inf")), dim=-1) @ x
+    assert torch.allclose(loop, matmul, atol=1e-6)
+    assert torch.allclose(loop, softmax, atol=1e-6)
+
+
+def test_loss_at_initialisation_is_close_to_uniform():
+    model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=4, n_head=4, n_embd=64))
+    idx = torch.randint(0, 65, (8, 32))
+    _, loss = model(idx, torch.randint(0, 65, (8, 32)))
+    assert abs(loss.item() - math.log(65)) < 0.05
+
+
+def test_the_model_can_learn_a_tiny_text():
+    text = torch.tensor([i % 11 for i in range(200)])
+    model = tiny(dropout=0.1).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        starts = torch.randint(0, len(text) - 17, (8, 1)) + torch.arange(17)
+        chunk = text[starts]
+        _, loss = model(chunk[:, :-1], chunk[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+def test_inference_projects_only_the_last_position():
+    model = tiny()
+    logits, loss = model(torch.randint(0, 11, (2, 7)))
+    assert logits.shape == (2, 1, 11) and loss is None
+
+
+def test_decode_step_sees_every_cached_key():
+    """SDPA's is_causal aligns top-left: one query over a longer cache would see only the first key."""
+    model = tiny()
+    idx = torch.randint(0, 11, (2, 12))
+    model.setup_cache(2)
+    model(idx[:, :11], input_pos=0)
+    step = model(idx[:, 11:], input_pos=11)[0][:, -1]
+    model.clear_cache()
+    assert torch.allclose(step, all_logits(model, idx)[:, -1], atol=1e-5)
+
+
+def test_multi_token_chunk_after_a_cached_prefix():
+    model = tiny()
+    idx = torch.randint(0, 11, (2, 14))
+    model.setup_cache(2)
+    model(idx[:, :5], input_pos=0)
+    chunk = all_logits(model, idx[:, 5:], input_pos=5)
+    model.clear_cache()
+    assert torch.allclose(chunk, all_logits(model, idx)[:, 5:], atol=1e-5)
+
+
+def test_cached_and_uncached_logits_agree_inside_the_window():
+    model = tiny()
+    seq = torch.randint(0, 11, (3, 16))
+    model.setup_cache(3)
+    cached = [model(seq[:, :4], input_pos=0)[0][:, -1]]
+    cached += [model(seq[:, t : t + 1], input_pos=t)[0][:, -1] for t in range(4, 16)]
+    model.clear_cache()
+    full = all_logits(model, seq)
+    for i, logits in enumerate(cached):
+        assert torch.allclose(logits, full[:, 3 + i], atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [10, 40])  # inside the 16-token window, and well beyond it
+def test_greedy_cached_equals_uncached_token_for_token(length):
+    torch.manual_seed(3)
+    model = tiny()
+    prompt = torch.randint(0, 11, (2, 3))
+    exact = model.generate(prompt, length, temperature=0, cache="exact")
+    reference = model.generate(prompt, length, temperature=0, cache="none")
+    assert torch.equal(exact, reference)
+
+
+def test_sampled_cached_equals_uncached_with_the_same_generator():
+    model = tiny()
+    prompt = torch.randint(0, 11, (2, 3))
+    runs = [
+        model.generate(prompt, 30, top_k=5, generator=torch.Generator().manual_seed(9), cache=cache)
+        for cache in ("exact", "none")
+    ]
+    assert torch.equal(*runs)
+
+
+def test_window_mode_is_exact_inside_the_window_and_keeps_going_beyond():
+    model = tiny()
+    prompt = torch.randint(0, 11, (1, 2))
+    window = model.generate(prompt, 40, temperature=0, cache="window")
+    exact = model.generate(prompt, 40, temperature=0, cache="exact")
+    assert window.shape == (1, 42)
+    assert torch.equal(window[:, :16], exact[:, :16])
+
+
+def test_prompts_empty_and_too_long():
+    model = tiny()
+    from_empty = model.generate(torch.zeros(1, 0, dtype=torch.long), 5, temperature=0)
+    assert from_empty.shape == (1, 6) and from_empty[0, 0] == 0  # starts from token 0, as the seeds do
+    long_prompt = torch.randint(0, 11, (1, 30))
+    new_from_long = model.generate(long_prompt, 5, temperature=0)[:, 30:]
+    new_from_cropped = model.generate(long_prompt[:, -16:], 5, temperature=0)[:, 16:]
+    assert torch.equal(new_from_long, new_from_cropped)
+
+
+def test_cached_decoding_without_a_cache_says_what_to_call():
+    with pytest.raises(RuntimeError, match="setup_cache"):
+        tiny()(torch.zeros(1, 1, dtype=torch.long), input_pos=3)
+
+
+def test_cache_and_compile_never_reach_the_state_dict():
+    model = tiny()
+    keys = set(model.state_dict())
+    model.setup_cache(2)
+    model(torch.zeros(2, 3, dtype=torch.long), input_pos=0)
+    assert set(model.state_dict()) == keys
+    model.clear_cache()
+    model.compile()  # in place: no _orig_mod. prefix (nanoGPT#325)
+    assert set(model.state_dict()) == keys
+
+
+def test_generation_ignores_dropout_state_and_global_rng():
+    model = tiny(dropout=0.5)
+    state = torch.get_rng_state()
+    generate_tokens_out = list(
+        generate_tokens(model, torch.zeros(1, 1, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0))
+    )
+    assert len(generate_tokens_out) == 5
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_bigram_has_the_same_interface():
+    model = BigramLanguageModel(GPTConfig(vocab_size=11, block_size=8))
+    idx = torch.randint(0, 11, (2, 8))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 8, 11) and loss is not None
+    out = model.generate(idx[:, :2], 20, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (2, 22)
+    greedy = [model.generate(idx[:, :2], 12, temperature=0, cache=c) for c in ("exact", "window", "none")]
+    assert torch.equal(greedy[0], greedy[2]) and torch.equal(greedy[1], greedy[2])
+
+
+def test_model_module_is_plain_pytorch():
+    code = "import sys, src.model; sys.exit(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') "
+    code += "for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
