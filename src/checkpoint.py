@@ -1,0 +1,55 @@
+"""Reading chargpt checkpoints safely, and rebuilding the model and tokenizer from one alone (no corpus, no config).
+
+Loading always uses ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused, never run.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.errors import UserError
+from src.model import LanguageModel, build_model
+from src.tokenizer import CharTokenizer
+
+CHECKPOINT_KEY = "chargpt"  # the module stores its format version under this key
+MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's contents, after checking that it is a readable, safe chargpt checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist: pass a .ckpt file from lightning_logs/<run>/checkpoints/")
+    if path.is_dir():
+        raise UserError(f"checkpoint path {path} is a directory: pass a .ckpt file inside it, e.g. {path}/last.ckpt")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"refused to load {path}: it holds objects that only arbitrary unpickling can rebuild, which could run "
+            f"code ({first_line}). chargpt checkpoints hold plain data only"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise UserError(
+            f"{path} is not a chargpt checkpoint (it has no '{CHECKPOINT_KEY}' entry): "
+            f"pass a checkpoint written by `python -m src.train fit`"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, CharTokenizer]:
+    """The trained model (in eval mode, on the checkpoint's map_location) and its tokenizer."""
+    hp = ckpt["hyper_parameters"]
+    model = build_model(hp["model_type"], vocab_size=len(hp["vocab"]), **{k: hp[k] for k in MODEL_KEYS})
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    return model.eval(), CharTokenizer(hp["vocab"])

@@ -1,0 +1,113 @@
+"""The training CLI: ``python -m src.train fit --config configs/shakespeare_char.yaml`` (LightningCLI).
+
+Each run lives in ``lightning_logs/<run_name>/``: TensorBoard events, ``config.yaml`` and ``checkpoints/`` (the
+best by val_loss and ``last.ckpt``). A fixed folder per run is what lets ``--ckpt_path last`` find the run and
+continue its curves; starting a new fit over a run that has a ``last.ckpt`` is refused rather than overwriting it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from src.callbacks import SampleText
+from src.checkpoint import load_checkpoint
+from src.data import CharDataModule
+from src.errors import UserError
+from src.module import CharGPT
+
+LOG_ROOT = "lightning_logs"
+
+
+class ChargptCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_name", default="chargpt", help="the run's folder under lightning_logs/")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-step={step}-val_loss={val_loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(SampleText, "sample")
+        # block_size is given once, under data, and reaches the model; the vocabulary exists only once the
+        # data module has read the corpus, so it is linked at instantiation
+        parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):
+            self._check(self.config[self.config.subcommand], self.config.subcommand)
+
+    def _check(self, config, subcommand: str) -> None:
+        """Settle run folders and ckpt_path, and refuse bad values before anything is built or trained."""
+        run_dir = Path(LOG_ROOT) / config.run_name
+        trainer = config.trainer
+        if trainer.logger in (None, True):
+            trainer.logger = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": LOG_ROOT, "name": config.run_name, "version": ""},
+            }
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        if trainer.precision is None:
+            trainer.precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32"
+        if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
+            raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
+        last = Path(config.checkpoint.dirpath) / "last.ckpt"
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            if not last.is_file():
+                raise UserError(
+                    f"--ckpt_path last: there is no {last} to resume; drop --ckpt_path to start run "
+                    f"{config.run_name!r}, or pick the run with --run_name"
+                )
+            config.ckpt_path = ckpt_path = str(last)
+        if ckpt_path:
+            load_checkpoint(ckpt_path)  # refuses missing, corrupt, unsafe and foreign files with a clear message
+        elif subcommand == "fit" and last.exists():
+            raise UserError(
+                f"run {config.run_name!r} already has {last}: resume it with --ckpt_path last, or "
+                f"start a new run with --run_name NAME (or delete {run_dir})"
+            )
+
+
+def main(args: list[str] | None = None) -> None:
+    torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later GPUs; no effect on the CPU
+    try:
+        ChargptCLI(
+            CharGPT,
+            CharDataModule,
+            args=args,
+            auto_configure_optimizers=False,  # the module builds AdamW with its own parameter groups
+            seed_everything_default=1337,
+            save_config_kwargs={"overwrite": True},  # a resumed run writes config.yaml into its own folder again
+            trainer_defaults={
+                "max_steps": 5000,
+                "val_check_interval": 250,
+                "check_val_every_n_epoch": None,  # validate every val_check_interval steps, not per epoch
+                "log_every_n_steps": 50,
+                "gradient_clip_val": 1.0,
+                "precision": None,  # resolved by _check: bf16-mixed where the GPU supports it, else 32-bit
+            },
+        )
+    except UserError as err:
+        print(f"chargpt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()

@@ -1,0 +1,203 @@
+"""The training CLI end to end, on a tiny corpus and model, through `src.train.main` and real subprocesses."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.train import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(corpus: Path, max_steps: int = 20, run_name: str = "t", **extra) -> list[str]:
+    args = {
+        "data.path": str(corpus),
+        "data.block_size": 16,
+        "data.batch_size": 4,
+        "data.val_batches": 2,
+        "model.n_layer": 1,
+        "model.n_head": 2,
+        "model.n_embd": 16,
+        "model.dropout": 0.1,
+        "model.warmup_steps": 5,
+        "trainer.max_steps": max_steps,
+        "trainer.val_check_interval": 10,
+        "trainer.log_every_n_steps": 5,
+        "trainer.enable_progress_bar": False,
+        "trainer.enable_model_summary": False,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "sample.every_n_steps": 10,
+        "sample.max_new_tokens": 20,
+        "run_name": run_name,
+        **extra,
+    }
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_fit_writes_checkpoints_and_tensorboard(workdir, tiny_corpus, capsys):
+    main(["fit", *tiny_args(tiny_corpus)])
+    run = workdir / "lightning_logs" / "t"
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain data only
+    assert ckpt["global_step"] == 20
+    tags = scalars(run)
+    for tag in ("train_loss", "val_loss", "val_bpc", "tokens_per_sec"):
+        assert tag in tags, tag
+    assert any(tag.startswith("lr-AdamW") for tag in tags)
+    assert len(tags["val_loss"]) == 2  # at steps 10 and 20 (Lightning files them under the step before)
+    assert tags["val_bpc"][-1][1] == pytest.approx(tags["val_loss"][-1][1] / 0.6931471805599453, rel=1e-5)
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert "sample/text_summary" in acc.Tags()["tensors"]
+    assert "--- sample at step 10 ---" in capsys.readouterr().out
+    assert (run / "config.yaml").exists()
+
+
+def test_resume_continues_steps_and_curves(workdir, tiny_corpus):
+    main(["fit", *tiny_args(tiny_corpus, max_steps=20)])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=30), "--ckpt_path=last"])
+    run = workdir / "lightning_logs" / "t"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    steps = [step for step, _ in scalars(run)["val_loss"]]
+    assert len(steps) == 3 and steps == sorted(steps) and steps[-1] >= 29  # one run, one curve, no restart at 0
+
+
+def final_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus):
+    schedule = ["--model.lr_decay_steps=40"]  # the same schedule whether or not the run is stopped
+    main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *schedule])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *schedule])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *schedule, "--ckpt_path=last"])
+    whole = final_weights(workdir / "lightning_logs/whole/checkpoints/last.ckpt")
+    parts = final_weights(workdir / "lightning_logs/parts/checkpoints/last.ckpt")
+    assert whole.keys() == parts.keys()
+    for key in whole:
+        assert torch.equal(whole[key], parts[key]), key
+
+
+def test_validate_reports_the_checkpoint_loss(workdir, tiny_corpus, capsys):
+    main(["fit", *tiny_args(tiny_corpus)])
+    best = next((workdir / "lightning_logs/t/checkpoints").glob("best-*.ckpt"))
+    capsys.readouterr()
+    main(["validate", *tiny_args(tiny_corpus), f"--ckpt_path={best}"])
+    out = capsys.readouterr().out
+    assert "val_loss" in out and "val_bpc" in out
+    expected = float(best.stem.split("val_loss=")[1])
+    assert f"{expected:.4f}"[:5] in out
+
+
+def test_print_config_round_trips(workdir, tiny_corpus, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_args(tiny_corpus), "--print_config"])
+    printed = capsys.readouterr().out
+    (workdir / "run.yaml").write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config=run.yaml", "--print_config"])
+    assert capsys.readouterr().out == printed
+    assert "max_steps: 20" in printed and "n_embd: 16" in printed
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model.n_layrs=3"], "n_layrs"),
+        (["--trainer.max_steps=many"], "max_steps"),
+        (["--model.n_embd=31"], "n_embd (31) must be divisible by n_head (2)"),
+        (["--trainer.max_steps=0"], "--trainer.max_steps must be a positive number of steps, got 0"),
+        (["--ckpt_path=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
+        (["--ckpt_path=last"], "there is no lightning_logs/t/checkpoints/last.ckpt to resume"),
+        (["--data.path=missing.txt"], "corpus file missing.txt does not exist"),
+    ],
+)
+def test_bad_inputs_stop_before_training(workdir, tiny_corpus, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args(tiny_corpus), *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (workdir / "lightning_logs" / "t" / "checkpoints").exists()
+
+
+def test_foreign_checkpoint_is_refused(workdir, tiny_corpus, capsys):
+    torch.save({"state_dict": {}}, workdir / "other.ckpt")
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_args(tiny_corpus), "--ckpt_path=other.ckpt"])
+    assert "is not a chargpt checkpoint" in capsys.readouterr().err
+
+
+def test_new_fit_never_overwrites_a_run(workdir, tiny_corpus, capsys):
+    main(["fit", *tiny_args(tiny_corpus, max_steps=10)])
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_args(tiny_corpus, max_steps=10)])
+    assert "already has" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigkill_never_leaves_a_broken_last_checkpoint(workdir, tiny_corpus):
+    rng = random.Random(0)
+    args = tiny_args(tiny_corpus, max_steps=100_000, **{"model.n_embd": 64, "checkpoint.every_n_train_steps": 1})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    last = workdir / "lightning_logs" / "t" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.train", "fit", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not last.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert last.exists(), "training never wrote last.ckpt"
+        time.sleep(rng.uniform(0.2, 1.0))  # somewhere in the middle of a save, quite likely
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = load_checkpoint(last)  # weights_only load of the file the killed run left
+    model_from_checkpoint(ckpt)
+    assert ckpt["global_step"] >= 1
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(workdir, tiny_corpus):
+    args = tiny_args(tiny_corpus, **{"trainer.devices": 2, "trainer.strategy": "ddp", "sample.every_n_steps": 10})
+    result = run_cli("fit", *args, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("--- sample at step 10 ---") == 1  # rank 0 only
+    ckpt = torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 20
+    assert len(scalars(workdir / "lightning_logs" / "t")["val_loss"]) == 2
