@@ -30,13 +30,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        unsafe = [line for line in str(err).splitlines() if "GLOBAL" in line]
+        if not unsafe:  # not a pickle of plain data at all: some other file
+            raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?)") from None
         raise UserError(
             f"refused to load {path}: it holds objects that only arbitrary unpickling can rebuild, which could run "
-            f"code ({first_line}). chargpt checkpoints hold plain data only"
+            f"code ({unsafe[0].strip()}). chargpt checkpoints hold plain data only"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from None
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {detail}") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise UserError(
             f"{path} is not a chargpt checkpoint (it has no '{CHECKPOINT_KEY}' entry): "

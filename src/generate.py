@@ -1,0 +1,140 @@
+"""Sample text from a checkpoint: ``python -m src.generate --ckpt_path lightning_logs/<run>/checkpoints/last.ckpt``.
+
+The model and tokenizer come from the checkpoint alone (loaded with ``weights_only=True``). Text streams to stdout
+as it is produced, each sample starting with its prompt; a summary goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.errors import UserError
+from src.sampling import CACHE_MODES, check_sampling_args
+
+SEPARATOR = "\n---------------\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.generate",
+        description="Sample text from a chargpt checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by `python -m src.train fit`")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="text the samples continue; empty starts from a newline")
+    prompt.add_argument("--prompt_file", help="read the prompt from this UTF-8 file instead")
+    parser.add_argument("--max_new_tokens", type=int, default=500, help="characters to generate per sample")
+    parser.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy decoding")
+    parser.add_argument("--top_k", type=int, default=None, help="sample among the k most likely characters only")
+    parser.add_argument(
+        "--top_p",
+        type=float,
+        default=None,
+        help="nucleus sampling: keep the most likely characters that together reach this probability",
+    )
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the sampler (same seed, same text)")
+    parser.add_argument("--num_samples", type=int, default=1, help="how many samples to draw")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        default="exact",
+        help="KV cache mode: exact (same text as "
+        "no cache), window (faster beyond the context window, approximate) or none",
+    )
+    parser.add_argument("--output", help="write the samples to this file instead of stdout")
+    return parser
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if not available.get(device.type, False):
+            raise UserError(f"--device {name}: no such device here; use --device auto")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file is None:
+        return args.prompt
+    try:
+        return Path(args.prompt_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read --prompt_file {args.prompt_file}: {err}") from None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.cache)
+    problems = [
+        f"--{name} must be positive, got {getattr(args, name)}"
+        for name in ("max_new_tokens", "num_samples")
+        if getattr(args, name) < 1
+    ]
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def generate(args: argparse.Namespace) -> None:
+    check_args(args)
+    device = pick_device(args.device)
+    model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path, map_location=device))
+    try:
+        ids = tokenizer.encode(read_prompt(args)) or [0]  # no prompt: start from token 0 (the newline), as the seeds do
+    except UserError as err:
+        raise UserError(f"the prompt has {err}") from None
+    with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
+        stream(model, tokenizer, ids, args, device, out)
+
+
+def stream(model, tokenizer, ids: list[int], args: argparse.Namespace, device: torch.device, out: TextIO) -> None:
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cache": args.cache}
+    started, produced = time.perf_counter(), 0
+    for n in range(args.num_samples):
+        if n:
+            out.write(SEPARATOR)
+        out.write(tokenizer.decode(ids))
+        out.flush()
+        for token in model.stream(idx, args.max_new_tokens, generator=generator, **options):
+            out.write(tokenizer.decode(token[0].tolist()))
+            out.flush()
+            produced += 1
+    out.write("\n")
+    out.flush()
+    seconds = time.perf_counter() - started
+    print(
+        f"generated {produced} tokens in {seconds:.2f} s ({produced / seconds:.0f} tokens/s) on {device}",
+        file=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        generate(args)
+    except UserError as err:
+        print(f"chargpt generate: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""`python -m src.generate` end to end, from a checkpoint made by a tiny fit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.generate import main as generate_main
+from src.train import main as train_main
+from tests.conftest import TINY_TEXT
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fit")
+    (root / "tiny.txt").write_text(TINY_TEXT)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        train_main(
+            [
+                "fit",
+                "--data.path=tiny.txt",
+                "--data.block_size=16",
+                "--data.batch_size=4",
+                "--data.val_batches=2",
+                "--model.n_layer=1",
+                "--model.n_head=2",
+                "--model.n_embd=16",
+                "--trainer.max_steps=30",
+                "--trainer.val_check_interval=15",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false",
+                "--sample.every_n_steps=0",
+                "--run_name=g",
+            ]
+        )
+    finally:
+        os.chdir(cwd)
+    return root / "lightning_logs/g/checkpoints/last.ckpt"
+
+
+def generate(capsys, *args: str) -> tuple[str, str]:
+    generate_main(list(args))
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_samples_start_with_the_prompt_and_are_reproducible(ckpt, capsys):
+    args = [f"--ckpt_path={ckpt}", "--prompt=All:", "--max_new_tokens=50", "--num_samples=2", "--seed=7"]
+    out, err = generate(capsys, *args)
+    samples = out.rstrip("\n").split("\n---------------\n")
+    assert len(samples) == 2
+    assert all(s.startswith("All:") and len(s) == 54 for s in samples)
+    assert "tokens/s" in err and "on cpu" in err
+    again, _ = generate(capsys, *args)
+    assert again == out
+    other, _ = generate(capsys, *args[:-1], "--seed=8")
+    assert other != out
+
+
+def test_no_prompt_starts_from_a_newline_and_output_file(ckpt, capsys, tmp_path):
+    target = tmp_path / "samples.txt"
+    out, _ = generate(capsys, f"--ckpt_path={ckpt}", "--max_new_tokens=20", f"--output={target}")
+    assert out == ""
+    text = target.read_text()
+    assert text.startswith("\n") and len(text) == 1 + 20 + 1
+
+
+def test_greedy_is_the_same_with_and_without_cache(ckpt, capsys):
+    base = [f"--ckpt_path={ckpt}", "--prompt=Speak", "--max_new_tokens=40", "--temperature=0"]
+    cached, _ = generate(capsys, *base, "--cache=exact")
+    uncached, _ = generate(capsys, *base, "--cache=none")
+    assert cached == uncached
+
+
+def test_output_streams_before_generation_ends(ckpt):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.generate", f"--ckpt_path={ckpt}", "--prompt=All:", "--max_new_tokens=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        first = proc.stdout.read(10)
+        assert first.startswith(b"All:")
+        assert proc.poll() is None  # the first characters arrived while it was still generating
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def bad_checkpoints(tmp_path: Path, ckpt: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 0}, foreign)
+    return {
+        "missing": (tmp_path / "nope.ckpt", "does not exist"),
+        "directory": (tmp_path, "is a directory"),
+        "text": (text, "is not a readable checkpoint"),
+        "truncated": (truncated, "is not a readable checkpoint"),
+        "foreign": (foreign, "is not a chargpt checkpoint"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text", "truncated", "foreign"])
+def test_bad_checkpoints_exit_2_without_traceback(ckpt, tmp_path, capsys, kind):
+    path, message = bad_checkpoints(tmp_path, ckpt)[kind]
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([f"--ckpt_path={path}"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_checkpoint_that_runs_code_on_unpickling_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"chargpt": {"format": 1}, "state_dict": {}, "payload": RunsCode(str(marker))}, evil)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "src.generate", f"--ckpt_path={evil}"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2
+    assert "refused to load" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt=All€ speak¿"], "2 character(s) outside the vocabulary: '€' at 3, '¿' at 10"),
+        (["--temperature=-1"], "temperature must be 0 (greedy) or more"),
+        (["--top_k=0"], "top_k must be at least 1"),
+        (["--top_p=1.5"], "top_p must be in (0, 1]"),
+        (["--max_new_tokens=0"], "--max_new_tokens must be positive"),
+        (["--device=tpu9"], "--device"),
+    ],
+)
+def test_bad_values_exit_2_with_a_clear_message(ckpt, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([f"--ckpt_path={ckpt}", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if "€" in args[0]:
+        assert "Vocabulary:" in err  # shows what the model can read
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        generate_main(["--help"])
+    out = capsys.readouterr().out
+    for option in (
+        "--ckpt_path",
+        "--prompt",
+        "--prompt_file",
+        "--max_new_tokens",
+        "--temperature",
+        "--top_k",
+        "--top_p",
+        "--seed",
+        "--num_samples",
+        "--device",
+        "--cache",
+        "--output",
+    ):
+        assert option in out
