@@ -58,7 +58,7 @@ class ChargptCLI(LightningCLI):
         if trainer.logger in (None, True):
             trainer.logger = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": LOG_ROOT, "name": config.run_name, "version": ""},
+                "init_args": {"save_dir": LOG_ROOT, "name": config.run_name, "version": "", "default_hp_metric": False},
             }
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")

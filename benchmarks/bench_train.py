@@ -1,0 +1,163 @@
+"""Training tokens/s and peak memory of a config on this device: through Lightning's Trainer.fit (logging on,
+checkpointing off) and through a plain PyTorch loop over the same model, batches and optimizer.
+
+    python benchmarks/bench_train.py --config configs/shakespeare_char.yaml
+    python benchmarks/bench_train.py --config configs/gpt_lecture.yaml --steps 4 --model.compile false
+    python benchmarks/bench_train.py --config configs/gpt_lecture.yaml --precision bf16-mixed
+Each path runs in its own process, so peak memory (max RSS on CPU, max allocated on CUDA) is its own.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def build(config: dict, overrides: dict):
+    from src.data import CharDataModule
+    from src.module import CharGPT
+
+    data_args = {**config.get("data", {}), **overrides.get("data", {})}
+    model_args = {**config.get("model", {}), **overrides.get("model", {})}
+    dm = CharDataModule(**data_args)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = CharGPT(vocab=dm.vocab, block_size=dm.hparams.block_size, **model_args)
+    return dm, module
+
+
+def peak_mib(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) -> float:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == warmup:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                self.start = time.perf_counter()
+
+        def on_train_end(self, trainer, *args):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.seconds = time.perf_counter() - self.start
+
+    clock = Clock()
+    trainer = L.Trainer(
+        accelerator=device,
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        logger=TensorBoardLogger(tempfile.mkdtemp(), name="bench"),
+        log_every_n_steps=10,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        callbacks=[clock, LearningRateMonitor(logging_interval="step")],
+    )
+    trainer.fit(module, datamodule=dm)
+    return clock.seconds
+
+
+def run_loop(dm, module, steps: int, warmup: int, precision: str, device: str) -> float:
+    from src.data import BlockStream
+    from src.optim import adamw, warmup_cosine
+
+    hp = module.hparams
+    module.configure_model()  # compiles in place when model.compile is set, as the Trainer does
+    model = module.model.to(device).train()
+    optimizer = adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
+    scheduler = warmup_cosine(optimizer, hp.warmup_steps, warmup + steps, hp.min_lr)
+    stream = iter(BlockStream(dm.train_data, dm.hparams.block_size, dm.hparams.batch_size, dm.hparams.seed, 0))
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        x, y = (t.to(device, non_blocking=True) for t in next(stream))
+        with autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def child(args, overrides) -> None:
+    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    torch.manual_seed(0)
+    dm, module = build(config, overrides)
+    run = run_fit if args.mode == "fit" else run_loop
+    seconds = run(dm, module, args.steps, args.warmup, args.precision, args.device)
+    tokens = args.steps * dm.hparams.batch_size * dm.hparams.block_size
+    print(
+        json.dumps(
+            {
+                "tokens_per_sec": tokens / seconds,
+                "ms_per_step": 1e3 * seconds / args.steps,
+                "peak_mib": peak_mib(args.device),
+                "params": module.model.num_params(),
+            }
+        )
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a configs/*.yaml file (its model and data sections are used)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--mode", choices=("both", "fit", "loop"), default="both")
+    args, rest = p.parse_known_args()
+    overrides: dict = {}
+    for flag, value in zip(rest[::2], rest[1::2]):  # --model.n_layer 4 --data.batch_size 12 ...
+        section, key = flag.lstrip("-").split(".")
+        overrides.setdefault(section, {})[key] = yaml.safe_load(value)
+    if args.mode != "both":
+        return child(args, overrides)
+    results = {}
+    for mode in ("fit", "loop"):
+        cmd = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results[mode] = json.loads(out.strip().splitlines()[-1])
+    fit, loop = results["fit"], results["loop"]
+    print(
+        f"{args.config or 'defaults'} {' '.join(rest)} | {fit['params']:,} params | {args.device}, "
+        f"{args.precision}, {torch.get_num_threads()} threads | {args.steps} timed steps"
+    )
+    for name, r in (("Trainer.fit", fit), ("plain loop", loop)):
+        print(
+            f"{name:12s} {r['tokens_per_sec']:10,.0f} tokens/s {r['ms_per_step']:9.1f} ms/step "
+            f"peak {r['peak_mib']:8,.0f} MiB"
+        )
+    print(f"Lightning overhead: {100 * (loop['tokens_per_sec'] / fit['tokens_per_sec'] - 1):+.1f}%")
+
+
+if __name__ == "__main__":
+    main()
