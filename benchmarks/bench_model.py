@@ -42,17 +42,19 @@ def main() -> None:
         ("steps", 5),
     ):
         p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--dropout", type=float, default=0.2, help="0.2 is the lecture's; 0 lets SDPA use its fused kernel")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     torch.manual_seed(0)
     size = dict(vocab_size=65, block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd)
-    ours = GPT(GPTConfig(**size, dropout=0.2)).to(a.device)
-    seed = SeedGPT(**size, dropout=0.2).to(a.device)
+    ours = GPT(GPTConfig(**size, dropout=a.dropout)).to(a.device)
+    seed = SeedGPT(**size, dropout=a.dropout).to(a.device)
     assert ours.num_params() == sum(p.numel() for p in seed.parameters())
     batch = tuple(torch.randint(0, 65, (a.batch_size, a.block_size), device=a.device) for _ in range(2))
     print(
         f"{a.n_layer}L/{a.n_head}H/{a.n_embd}, block {a.block_size}, batch {a.batch_size}, {ours.num_params():,} "
-        f"params, {a.device}, {torch.get_num_threads()} threads; forward+backward, median of {a.steps} steps"
+        f"params, dropout {a.dropout}, {a.device}, {torch.get_num_threads()} threads; forward+backward, "
+        f"median of {a.steps} steps"
     )
     fast = tokens_per_sec(ours, batch, a.steps)
     slow = tokens_per_sec(seed, batch, a.steps)

@@ -7,7 +7,6 @@ continue its curves; starting a new fit over a run that has a ``last.ckpt`` is r
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -109,5 +108,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     main()
