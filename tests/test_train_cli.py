@@ -201,3 +201,11 @@ def test_two_process_ddp_on_cpu(workdir, tiny_corpus):
     ckpt = torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20
     assert len(scalars(workdir / "lightning_logs" / "t")["val_loss"]) == 2
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={config}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert f"run_name: {config.stem}" in capsys.readouterr().out
