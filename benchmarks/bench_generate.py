@@ -14,14 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.model import GPT, GPTConfig  # noqa: E402
 
 
-def rate(model, new_tokens: int, cache: str, device: str) -> float:
+def rate(model, new_tokens: int, cache: str, device: str, repeats: int = 3) -> float:
+    """Median tokens/s over ``repeats`` runs (timings on a shared machine vary by 10-20%)."""
     prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(0)
-    start = time.perf_counter()
-    model.generate(prompt, new_tokens, generator=generator, cache=cache)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return new_tokens / (time.perf_counter() - start)
+    rates = []
+    for _ in range(repeats):
+        generator = torch.Generator(device=device).manual_seed(0)
+        start = time.perf_counter()
+        model.generate(prompt, new_tokens, generator=generator, cache=cache)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        rates.append(new_tokens / (time.perf_counter() - start))
+    return sorted(rates)[repeats // 2]
 
 
 def main() -> None:
@@ -32,9 +36,12 @@ def main() -> None:
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0)
     model = GPT(config).to(a.device).eval()
-    rate(model, 20, "exact", a.device)  # warm up
+    rate(model, 20, "exact", a.device, repeats=1)  # warm up
     inside = config.block_size - 1  # a one-token prompt plus this many new tokens fills the window exactly
-    print(f"lecture model ({model.num_params():,} params) on {a.device}, {torch.get_num_threads()} threads")
+    print(
+        f"lecture model ({model.num_params():,} params) on {a.device}, {torch.get_num_threads()} threads, "
+        "median of 3 runs"
+    )
     rows = [(f"{inside} new tokens (inside the window)", inside), (f"{a.new_tokens} new tokens", a.new_tokens)]
     for label, n in rows:
         figures = {cache: rate(model, n, cache, a.device) for cache in ("exact", "window", "none")}

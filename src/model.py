@@ -163,7 +163,7 @@ class LanguageModel(nn.Module):
         """Yield (B, 1) new tokens one at a time; see ``src.sampling.generate_tokens`` for the options."""
         return generate_tokens(self, idx, max_new_tokens, **sampling)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         idx: torch.Tensor,

@@ -80,7 +80,7 @@ def sample_next(
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_tokens(
     model: LanguageModel,
     idx: torch.Tensor,
