@@ -22,14 +22,16 @@ class SampleText(L.Callback):
         top_p: float | None = None,
         seed: int = 1337,
     ) -> None:
-        """Args:
-        every_n_steps: sample every this many optimizer steps (and once when fit ends); 0 samples only at the end.
-        prompt: the text each sample continues.
-        max_new_tokens: characters to generate per sample.
-        temperature: softmax temperature; 0 is greedy.
-        top_k: sample among the k most likely characters only.
-        top_p: sample among the most likely characters that together reach this probability.
-        seed: seed of the private generator, so samples at different steps are comparable.
+        """Sample text every N steps and at the end of fit, on rank 0.
+
+        Args:
+            every_n_steps: sample every this many optimizer steps (and once when fit ends); 0 samples only at the end.
+            prompt: the text each sample continues.
+            max_new_tokens: characters to generate per sample.
+            temperature: softmax temperature; 0 is greedy.
+            top_k: sample among the k most likely characters only.
+            top_p: sample among the most likely characters that together reach this probability.
+            seed: seed of the private generator, so samples at different steps are comparable.
         """
         check_sampling_args(temperature, top_k, top_p)
         if every_n_steps < 0:

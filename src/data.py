@@ -85,18 +85,20 @@ class CharDataModule(L.LightningDataModule):
         url: str = SHAKESPEARE_URL,
         sha256: str = SHAKESPEARE_SHA256,
     ) -> None:
-        """Args:
-        path: a UTF-8 text file to train on, used as it is; leave unset for tiny-shakespeare.
-        cache_dir: where tiny-shakespeare is downloaded to (``<cache_dir>/tinyshakespeare/input.txt``).
-        block_size: context length T of every block.
-        batch_size: blocks per training and validation batch.
-        train_fraction: the first part of the text that is trained on; the rest is the validation split.
-        val_batches: the size of the fixed validation set, in batches.
-        seed: seed of the training stream (each rank derives its own stream from it).
-        val_seed: seed of the validation blocks; keep it fixed so losses compare across runs.
-        num_workers: DataLoader worker processes; 0 is fastest here, a batch is one gather.
-        url: where tiny-shakespeare is downloaded from.
-        sha256: the checksum a download must match.
+        """A text corpus as training blocks and a fixed validation set.
+
+        Args:
+            path: a UTF-8 text file to train on, used as it is; leave unset for tiny-shakespeare.
+            cache_dir: where tiny-shakespeare is downloaded to (``<cache_dir>/tinyshakespeare/input.txt``).
+            block_size: context length T of every block.
+            batch_size: blocks per training and validation batch.
+            train_fraction: the first part of the text that is trained on; the rest is the validation split.
+            val_batches: the size of the fixed validation set, in batches.
+            seed: seed of the training stream (each rank derives its own stream from it).
+            val_seed: seed of the validation blocks; keep it fixed so losses compare across runs.
+            num_workers: DataLoader worker processes; 0 is fastest here, a batch is one gather.
+            url: where tiny-shakespeare is downloaded from.
+            sha256: the checksum a download must match.
         """
         super().__init__()
         problems = [

@@ -43,24 +43,26 @@ class CharGPT(L.LightningModule):
         beta2: float = 0.99,
         compile: bool = False,
     ) -> None:
-        """Args:
-        vocab: the characters of the vocabulary in id order; linked from the data module by the CLI.
-        model_type: "gpt" (the lecture's transformer) or "bigram" (its baseline).
-        block_size: context length; linked from --data.block_size by the CLI.
-        n_layer: transformer blocks.
-        n_head: attention heads per block.
-        n_embd: embedding width (divisible by n_head).
-        dropout: dropout probability, 0 to turn it off.
-        bias: biases in Linear layers and LayerNorms.
-        learning_rate: peak learning rate, reached after the warmup.
-        min_lr: learning rate at the end of the cosine decay; equal to learning_rate for a constant rate.
-        warmup_steps: steps of linear warmup.
-        lr_decay_steps: the step at which the cosine reaches min_lr (nanoGPT's lr_decay_iters); defaults to
-            trainer.max_steps.
-        weight_decay: AdamW weight decay of matrices and embeddings (never of biases and norms).
-        beta1: AdamW beta1.
-        beta2: AdamW beta2.
-        compile: compile the model in place with torch.compile.
+        """GPT (or the bigram model) trained with AdamW and warmup + cosine decay.
+
+        Args:
+            vocab: the characters of the vocabulary in id order; linked from the data module by the CLI.
+            model_type: "gpt" (the lecture's transformer) or "bigram" (its baseline).
+            block_size: context length; linked from --data.block_size by the CLI.
+            n_layer: transformer blocks.
+            n_head: attention heads per block.
+            n_embd: embedding width (divisible by n_head).
+            dropout: dropout probability, 0 to turn it off.
+            bias: biases in Linear layers and LayerNorms.
+            learning_rate: peak learning rate, reached after the warmup.
+            min_lr: learning rate at the end of the cosine decay; equal to learning_rate for a constant rate.
+            warmup_steps: steps of linear warmup.
+            lr_decay_steps: the step at which the cosine reaches min_lr (nanoGPT's lr_decay_iters); defaults to
+                trainer.max_steps.
+            weight_decay: AdamW weight decay of matrices and embeddings (never of biases and norms).
+            beta1: AdamW beta1.
+            beta2: AdamW beta2.
+            compile: compile the model in place with torch.compile.
         """
         super().__init__()
         if not vocab:

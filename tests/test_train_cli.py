@@ -209,3 +209,16 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", f"--config={config}", "--print_config"])
     assert exit_info.value.code in (0, None)
     assert f"run_name: {config.stem}" in capsys.readouterr().out
+
+
+def test_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in (
+        "--model.n_layer N_LAYER transformer blocks",
+        "--data.path PATH a UTF-8 text file",
+        "--sample.prompt PROMPT the text each sample continues",
+        "--run_name RUN_NAME the run's folder",
+    ):
+        assert text in out, text
