@@ -85,7 +85,8 @@ def run_loop(dm, module, steps: int, warmup: int, precision: str, device: str) -
     hp = module.hparams
     module.configure_model()  # compiles in place when model.compile is set, as the Trainer does
     model = module.model.to(device).train()
-    optimizer = adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
+    fused = not precision.endswith("mixed")  # the same choice CharGPT.configure_optimizers makes (clipping is on)
+    optimizer = adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
     scheduler = warmup_cosine(optimizer, hp.warmup_steps, warmup + steps, hp.min_lr)
     stream = iter(BlockStream(dm.train_data, dm.hparams.block_size, dm.hparams.batch_size, dm.hparams.seed, 0))
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")

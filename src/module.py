@@ -133,7 +133,11 @@ class CharGPT(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        optimizer = adamw(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
+        # Lightning refuses to clip gradients under mixed precision with an optimizer that unscales them itself,
+        # as the fused AdamW does: fall back to the foreach kernel there
+        mixed = str(self.trainer.precision).endswith("mixed")
+        fused = not (mixed and self.trainer.gradient_clip_val)
+        optimizer = adamw(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
         total = hp.lr_decay_steps or self.trainer.max_steps
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

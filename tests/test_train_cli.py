@@ -222,3 +222,9 @@ def test_help_documents_the_options(capsys):
         "--run_name RUN_NAME the run's folder",
     ):
         assert text in out, text
+
+
+def test_mixed_precision_fit_with_gradient_clipping(workdir, tiny_corpus):
+    """bf16-mixed is the GPU default; Lightning refuses to clip gradients of a fused AdamW under it."""
+    main(["fit", *tiny_args(tiny_corpus, max_steps=4), "--trainer.precision=bf16-mixed"])
+    assert torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
