@@ -164,6 +164,12 @@ class CharGPT(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved_vocab = checkpoint.get("hyper_parameters", {}).get("vocab", self.hparams.vocab)
+        if saved_vocab != self.hparams.vocab:
+            raise UserError(
+                f"the checkpoint was trained on a vocabulary of {len(saved_vocab)} characters, but this corpus has "
+                f"{len(self.hparams.vocab)}: pass the --data.path (or default corpus) the checkpoint was trained on"
+            )
         # restoring the RNG makes a resumed run draw the same dropout masks as an uninterrupted one
         states = checkpoint.get("rng_states")
         if states is None:

@@ -228,3 +228,13 @@ def test_mixed_precision_fit_with_gradient_clipping(workdir, tiny_corpus):
     """bf16-mixed is the GPU default; Lightning refuses to clip gradients of a fused AdamW under it."""
     main(["fit", *tiny_args(tiny_corpus, max_steps=4), "--trainer.precision=bf16-mixed"])
     assert torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_resuming_on_another_vocabulary_is_refused(workdir, tiny_corpus, capsys):
+    main(["fit", *tiny_args(tiny_corpus, max_steps=10)])
+    other = workdir / "other.txt"
+    other.write_text(tiny_corpus.read_text() + "Zounds! Quoth Xavier.\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args(other, max_steps=20), "--ckpt_path=last"])
+    assert exit_info.value.code == 2
+    assert "trained on a vocabulary of" in capsys.readouterr().err
