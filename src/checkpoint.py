@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def model_from_hparams(hp: Mapping[str, Any]) -> tuple[LanguageModel, CharTokenizer]:
+    """The (untrained) model and the tokenizer that plain hyper-parameters describe: a CharGPT's or a checkpoint's."""
+    model = build_model(hp["model_type"], vocab_size=len(hp["vocab"]), **{k: hp[k] for k in MODEL_KEYS})
+    return model, CharTokenizer(hp["vocab"])
+
+
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, CharTokenizer]:
     """The trained model (in eval mode, on the checkpoint's map_location) and its tokenizer."""
-    hp = ckpt["hyper_parameters"]
-    model = build_model(hp["model_type"], vocab_size=len(hp["vocab"]), **{k: hp[k] for k in MODEL_KEYS})
+    model, tokenizer = model_from_hparams(ckpt["hyper_parameters"])
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
-    return model.eval(), CharTokenizer(hp["vocab"])
+    return model.eval(), tokenizer

@@ -17,7 +17,7 @@ import torch
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.errors import UserError
-from src.sampling import CACHE_MODES, check_sampling_args
+from src.sampling import CACHE_MODES, check_sampling_args, generate_tokens
 
 SEPARATOR = "\n---------------\n"
 
@@ -114,7 +114,7 @@ def stream(model, tokenizer, ids: list[int], args: argparse.Namespace, device: t
             out.write(SEPARATOR)
         out.write(tokenizer.decode(ids))
         out.flush()
-        for token in model.stream(idx, args.max_new_tokens, generator=generator, **options):
+        for token in generate_tokens(model, idx, args.max_new_tokens, generator=generator, **options):
             out.write(tokenizer.decode(token[0].tolist()))
             out.flush()
             produced += 1

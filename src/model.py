@@ -9,7 +9,6 @@ attention scale (``hs ** -0.5``; the lecture's final code uses ``C ** -0.5``), G
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -159,11 +158,6 @@ class LanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def stream(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> Iterator[torch.Tensor]:
-        """Yield (B, 1) new tokens one at a time; see ``src.sampling.generate_tokens`` for the options."""
-        return generate_tokens(self, idx, max_new_tokens, **sampling)
-
-    @torch.inference_mode()
     def generate(
         self,
         idx: torch.Tensor,
@@ -174,15 +168,12 @@ class LanguageModel(nn.Module):
         generator: torch.Generator | None = None,
         cache: str = "exact",
     ) -> torch.Tensor:
-        """The prompt ``idx`` (B, T) followed by ``max_new_tokens`` sampled tokens (an empty prompt becomes token 0)."""
+        """The prompt ``idx`` (B, T) followed by ``max_new_tokens`` sampled tokens (an empty prompt becomes token 0).
+        ``src.sampling.generate_tokens`` yields the same tokens one at a time, for streaming."""
         if idx.size(1) == 0:
             idx = torch.zeros(idx.size(0), 1, dtype=torch.long, device=idx.device)
-        new = list(
-            self.stream(
-                idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, cache=cache
-            )
-        )
-        return torch.cat([idx, *new], dim=1)
+        options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator, "cache": cache}
+        return torch.cat([idx, *generate_tokens(self, idx, max_new_tokens, **options)], dim=1)
 
 
 class GPT(LanguageModel):

@@ -16,11 +16,9 @@ import torch
 from torchmetrics import MeanMetric
 
 from src import __version__
-from src.checkpoint import CHECKPOINT_KEY
+from src.checkpoint import CHECKPOINT_KEY, model_from_hparams
 from src.errors import UserError
-from src.model import build_model
 from src.optim import adamw, warmup_cosine
-from src.tokenizer import CharTokenizer
 
 
 class CharGPT(L.LightningModule):
@@ -79,17 +77,7 @@ class CharGPT(L.LightningModule):
         if problems:
             raise UserError("invalid model settings: " + "; ".join(f"--model.{p}" for p in problems))
         self.save_hyperparameters()
-        self.tokenizer = CharTokenizer(vocab)
-        self.model = build_model(
-            model_type,
-            vocab_size=len(vocab),
-            block_size=block_size,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            dropout=dropout,
-            bias=bias,
-        )
+        self.model, self.tokenizer = model_from_hparams(self.hparams)
         self.val_loss = MeanMetric()
         self._window: tuple[float, int] | None = None  # (start time, tokens since) for the throughput log
 
@@ -142,7 +130,6 @@ class CharGPT(L.LightningModule):
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    @torch.no_grad()
     def sample(self, prompt: str, max_new_tokens: int, generator: torch.Generator | None = None, **options) -> str:
         """Prompt + continuation as text; the model's train/eval mode is left as it was."""
         idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
