@@ -16,19 +16,26 @@ from benchmarks.reference import SeedGPT  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
 
 
-def tokens_per_sec(model, batch, steps: int, warmup: int = 2) -> float:
+def step_seconds(model, batch) -> float:
     x, y = batch
-    times = []
+    start = time.perf_counter()
+    _, loss = model(x, y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def tokens_per_sec(models, batch, steps: int, warmup: int = 2) -> list[float]:
+    """Median tokens/s of each model; their steps alternate, so a slow spell of the machine hits them all alike."""
+    times = [[] for _ in models]
     for i in range(warmup + steps):
-        start = time.perf_counter()
-        _, loss = model(x, y)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return x.numel() / sorted(times)[len(times) // 2]  # median step
+        for model, t in zip(models, times):
+            seconds = step_seconds(model, batch)
+            if i >= warmup:
+                t.append(seconds)
+    return [batch[0].numel() / sorted(t)[len(t) // 2] for t in times]
 
 
 def main() -> None:
@@ -39,7 +46,7 @@ def main() -> None:
         ("n_embd", 384),
         ("block_size", 256),
         ("batch_size", 8),
-        ("steps", 5),
+        ("steps", 9),
     ):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--dropout", type=float, default=0.2, help="0.2 is the lecture's; 0 lets SDPA use its fused kernel")
@@ -56,9 +63,8 @@ def main() -> None:
         f"params, dropout {a.dropout}, {a.device}, {torch.get_num_threads()} threads; forward+backward, "
         f"median of {a.steps} steps"
     )
-    fast = tokens_per_sec(ours, batch, a.steps)
-    slow = tokens_per_sec(seed, batch, a.steps)
-    print(f"chargpt GPT (fused qkv + SDPA): {fast:10,.0f} tokens/s")
+    fast, slow = tokens_per_sec([ours, seed], batch, a.steps)
+    print(f"chargpt GPT:                     {fast:10,.0f} tokens/s")
     print(f"seed-style (Head modules, tril): {slow:10,.0f} tokens/s")
     print(f"speed-up: {fast / slow:.2f}x")
 

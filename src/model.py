@@ -2,8 +2,9 @@
 
 Shapes: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size (C // nh), V vocabulary size.
 The architecture is the lecture's, parameter for parameter (209,729 at the seed notebook's size, 10,788,929 at the
-final lecture size); what differs is speed (one fused q/k/v projection and ``scaled_dot_product_attention``), the
-attention scale (``hs ** -0.5``; the lecture's final code uses ``C ** -0.5``), GPT-2 style init, and a KV cache.
+final lecture size); what differs is speed (one fused q/k/v projection, ``scaled_dot_product_attention``, and on
+CPUs the dropout of ``src.dropout``), the attention scale (``hs ** -0.5``; the lecture's final code uses
+``C ** -0.5``), GPT-2 style init, and a KV cache.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from src.dropout import Dropout, causal_attention_with_dropout
 from src.errors import UserError
 from src.sampling import generate_tokens
 
@@ -78,7 +80,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v of every head at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
@@ -96,15 +98,14 @@ class CausalSelfAttention(nn.Module):
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, input_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=input_pos)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal,
-            scale=self.head_size**-0.5,
-        )
+        if self.training and self.dropout > 0 and x.device.type == "cpu" and input_pos is None:
+            # SDPA's fused CPU kernels refuse dropout; its fallback is slower and keeps far more for backward
+            y = causal_attention_with_dropout(q, k, v, self.dropout, self.head_size**-0.5)
+        else:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=self.head_size**-0.5
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -114,7 +115,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
