@@ -134,6 +134,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each path, alternating; medians are printed")
     p.add_argument("--mode", choices=("both", "fit", "loop"), default="both")
     args, rest = p.parse_known_args()
     overrides: dict = {}
@@ -142,15 +143,16 @@ def main() -> None:
         overrides.setdefault(section, {})[key] = yaml.safe_load(value)
     if args.mode != "both":
         return child(args, overrides)
-    results = {}
-    for mode in ("fit", "loop"):
-        cmd = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-    fit, loop = results["fit"], results["loop"]
+    runs: dict[str, list[dict]] = {"fit": [], "loop": []}
+    for _ in range(args.repeats):  # alternating, so a slow spell of a shared machine hits both paths alike
+        for mode, results in runs.items():
+            cmd = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    fit, loop = (sorted(r, key=lambda x: x["tokens_per_sec"])[len(r) // 2] for r in runs.values())  # medians
     print(
         f"{args.config or 'defaults'} {' '.join(rest)} | {fit['params']:,} params | {args.device}, "
-        f"{args.precision}, {torch.get_num_threads()} threads | {args.steps} timed steps"
+        f"{args.precision}, {torch.get_num_threads()} threads | {args.steps} timed steps, median of {args.repeats} runs"
     )
     for name, r in (("Trainer.fit", fit), ("plain loop", loop)):
         print(
