@@ -4,7 +4,7 @@ its fallback keeps several float (B, nh, T, T) tensors per layer.
 
 Here masks are drawn with ``rand`` and kept as bool; attention keeps q, k, v and its mask and recomputes the weights
 in backward, as flash attention does, a few sequences at a time so the (T, T) tiles stay in cache. The lecture's
-model (batch 64, dropout 0.2, fp32) trains ~20% faster and peaks ~1.9 GiB lower. On GPUs, PyTorch's kernels are used.
+model (batch 64, dropout 0.2, fp32) trains ~20% faster and peaks ~1.7 GiB lower. On GPUs, PyTorch's kernels are used.
 """
 
 import torch
@@ -80,7 +80,7 @@ def causal_attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
     Args:
         q, k, v: (B, nh, T, hs), the same T for all three.
-        p: dropout probability on the attention weights, in (0, 1).
+        p: dropout probability on the attention weights, in [0, 1).
         scale: multiplies q k^T before the softmax.
     """
     return _CausalAttentionWithDropout.apply(q, k, v, p, scale)
