@@ -1,0 +1,41 @@
+"""The benchmark scripts run from a checkout with one command and print their figures (tiny sizes here: the figures
+themselves are for people to read, never asserted)."""
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16"]
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_bench_model_prints_both_models_and_the_speed_up():
+    out = run("bench_model.py", *TINY, "--batch_size", "2", "--steps", "1")
+    assert re.search(r"chargpt GPT: +[\d,]+ tokens/s", out)
+    assert re.search(r"seed-style .*: +[\d,]+ tokens/s", out)
+    assert re.search(r"speed-up: \d+\.\d\dx", out)
+
+
+def test_bench_generate_prints_every_cache_mode_and_the_ratios():
+    out = run("bench_generate.py", *TINY, "--new_tokens", "20", "--repeats", "1")
+    for line in out.splitlines()[1:]:
+        assert re.search(r"cached exact [\d,]+ tok/s, cached window [\d,]+ tok/s, uncached [\d,]+ tok/s", line)
+        assert re.search(r"exact/uncached \d+\.\dx, window/uncached \d+\.\dx", line)
+    assert len(out.splitlines()) == 3
+
+
+def test_bench_train_prints_fit_loop_and_the_overhead(shakespeare):
+    sizes = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16", "--data.block_size", "16"]
+    out = run("bench_train.py", "--steps", "2", "--warmup", "1", "--repeats", "1", *sizes, "--data.batch_size", "2")
+    assert re.search(r"Trainer\.fit +[\d,]+ tokens/s +[\d.]+ ms/step peak +[\d,]+ MiB", out)
+    assert re.search(r"plain loop +[\d,]+ tokens/s", out)
+    assert re.search(r"Lightning overhead: [+-]\d+\.\d%", out)
