@@ -28,11 +28,15 @@ def _widen(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) under a causal mask, in float32 or better: (n, T, T)."""
+def _future(q: torch.Tensor) -> torch.Tensor:
+    """(T, T), True where a key lies after its query: what the causal mask hides."""
     T = q.size(-2)
+    return torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
+
+
+def _weights(q: torch.Tensor, k: torch.Tensor, scale: float, future: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale) with ``future`` hidden, in float32 or better: (n, T, T)."""
     scores = _widen(torch.matmul(q, k.transpose(-2, -1))).mul_(scale)
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
     return scores.masked_fill_(future, float("-inf")).softmax(dim=-1)
 
 
@@ -43,11 +47,11 @@ class _CausalAttentionWithDropout(torch.autograd.Function):
         B, nh, T, hs = q.shape
         q3, k3, v3 = (t.reshape(B * nh, T, hs) for t in (q, k, v))
         keep = torch.empty(B * nh, T, T, dtype=torch.bool, device=q.device)
-        y = torch.empty_like(v3)
+        y, future = torch.empty_like(v3), _future(q3)
         for i in range(0, B * nh, ROWS_PER_CHUNK):
             rows = slice(i, i + ROWS_PER_CHUNK)
             torch.ge(torch.rand(keep[rows].shape, device=q.device), p, out=keep[rows])  # in float32, as above
-            att = _weights(q3[rows], k3[rows], scale).mul_(keep[rows]).mul_(1 / (1 - p))
+            att = _weights(q3[rows], k3[rows], scale, future).mul_(keep[rows]).mul_(1 / (1 - p))
             torch.matmul(att.to(v3.dtype), v3[rows], out=y[rows])
         ctx.save_for_backward(q3, k3, v3, keep)
         ctx.p, ctx.scale, ctx.shape = p, scale, q.shape
@@ -58,10 +62,10 @@ class _CausalAttentionWithDropout(torch.autograd.Function):
         q3, k3, v3, keep = ctx.saved_tensors
         dy3 = dy.reshape(v3.shape).to(v3.dtype)
         dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
-        s = 1 / (1 - ctx.p)
+        s, future = 1 / (1 - ctx.p), _future(q3)
         for i in range(0, q3.size(0), ROWS_PER_CHUNK):
             rows = slice(i, i + ROWS_PER_CHUNK)
-            probs = _weights(q3[rows], k3[rows], ctx.scale)  # P
+            probs = _weights(q3[rows], k3[rows], ctx.scale, future)  # P
             mask = keep[rows]
             att = (probs * mask).mul_(s)  # A = P * M * s, what multiplied v
             torch.matmul(att.to(v3.dtype).transpose(-2, -1), dy3[rows], out=dv[rows])
