@@ -5,35 +5,28 @@ python benchmarks/bench_generate.py --n_layer 4 --n_head 4 --n_embd 128 --block_
 """
 
 import argparse
+import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import alternating_medians  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
 
 CACHES = ("exact", "window", "none")
 
 
-def seconds(model, new_tokens: int, cache: str, device: str) -> float:
+def generate(model, new_tokens: int, cache: str, device: str) -> None:
     prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(0)
-    start = time.perf_counter()
-    model.generate(prompt, new_tokens, generator=generator, cache=cache)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    model.generate(prompt, new_tokens, generator=torch.Generator(device=device).manual_seed(0), cache=cache)
 
 
 def rates(model, new_tokens: int, device: str, repeats: int) -> dict[str, float]:
-    """Median tokens/s of each cache mode; the modes take turns, so a slow spell of the machine hits them alike."""
-    times: dict[str, list[float]] = {cache: [] for cache in CACHES}
-    for _ in range(repeats):
-        for cache, t in times.items():
-            t.append(seconds(model, new_tokens, cache, device))
-    return {cache: new_tokens / sorted(t)[repeats // 2] for cache, t in times.items()}
+    """Median tokens/s of each cache mode, the modes taking turns."""
+    runs = {cache: functools.partial(generate, model, new_tokens, cache, device) for cache in CACHES}
+    return {cache: new_tokens / s for cache, s in alternating_medians(runs, repeats).items()}
 
 
 def main() -> None:
@@ -47,7 +40,7 @@ def main() -> None:
     size = dict(block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd)
     config = GPTConfig(vocab_size=65, **size, dropout=0.0)
     model = GPT(config).to(a.device).eval()
-    seconds(model, 20, "exact", a.device)  # warm up
+    generate(model, 20, "exact", a.device)  # warm up
     inside = config.block_size - 1  # a one-token prompt plus this many new tokens fills the window exactly
     print(
         f"{a.n_layer}L/{a.n_head}H/{a.n_embd}, block {a.block_size} ({model.num_params():,} params) on {a.device}, "

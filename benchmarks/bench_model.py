@@ -6,36 +6,21 @@ python benchmarks/bench_model.py --n_layer 4 --n_head 4 --n_embd 128 --block_siz
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reference import SeedGPT  # noqa: E402
+from benchmarks.timing import alternating_medians  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
 
 
-def step_seconds(model, batch) -> float:
+def train_step(model, batch) -> None:
     x, y = batch
-    start = time.perf_counter()
     _, loss = model(x, y)
     loss.backward()
     model.zero_grad(set_to_none=True)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def tokens_per_sec(models, batch, steps: int, warmup: int = 2) -> list[float]:
-    """Median tokens/s of each model; their steps alternate, so a slow spell of the machine hits them all alike."""
-    times = [[] for _ in models]
-    for i in range(warmup + steps):
-        for model, t in zip(models, times):
-            seconds = step_seconds(model, batch)
-            if i >= warmup:
-                t.append(seconds)
-    return [batch[0].numel() / sorted(t)[len(t) // 2] for t in times]
 
 
 def main() -> None:
@@ -63,7 +48,8 @@ def main() -> None:
         f"params, dropout {a.dropout}, {a.device}, {torch.get_num_threads()} threads; forward+backward, "
         f"median of {a.steps} steps"
     )
-    fast, slow = tokens_per_sec([ours, seed], batch, a.steps)
+    runs = {"ours": lambda: train_step(ours, batch), "seed": lambda: train_step(seed, batch)}
+    fast, slow = (batch[0].numel() / s for s in alternating_medians(runs, a.steps, warmup=2).values())
     print(f"chargpt GPT:                     {fast:10,.0f} tokens/s")
     print(f"seed-style (Head modules, tril): {slow:10,.0f} tokens/s")
     print(f"speed-up: {fast / slow:.2f}x")
