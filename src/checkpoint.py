@@ -1,11 +1,16 @@
-"""Reading chargpt checkpoints safely, and rebuilding the model and tokenizer from one alone (no corpus, no config).
+"""Writing and reading chargpt checkpoints safely, and rebuilding the model and tokenizer from one alone.
 
 Loading always uses ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused, never run.
+Writing goes to a temporary file beside the target, synced to disk, then renamed over it: a crash, a kill or a full
+disk at any moment leaves the previous file whole.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +24,39 @@ from src.tokenizer import CharTokenizer
 
 CHECKPOINT_KEY = "chargpt"  # the module stores its format version under this key
 MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+
+
+def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` that either replaces ``path`` with the whole new file or leaves it as it was."""
+    path = Path(path)
+    # serialised in memory first: torch.save into a file turns a disk error into an opaque RuntimeError
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # beside the target, so the rename stays on one filesystem (a rename across two is a copy)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        raise UserError(
+            f"could not write checkpoint {path}: {err.strerror or err}; {kept}. "
+            f"Free disk space or make {path.parent} writable, then resume with --ckpt_path last"
+        ) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

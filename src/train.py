@@ -1,23 +1,27 @@
 """The training CLI: ``python -m src.train fit --config configs/shakespeare_char.yaml`` (LightningCLI).
 
 Each run lives in ``lightning_logs/<run_name>/``: TensorBoard events, ``config.yaml`` and ``checkpoints/`` (the
-best by val_loss and ``last.ckpt``). A fixed folder per run is what lets ``--ckpt_path last`` find the run and
-continue its curves; starting a new fit over a run that has a ``last.ckpt`` is refused rather than overwriting it.
+best by val_loss and ``last.ckpt``, the newest state). A fixed folder per run is what lets ``--ckpt_path last`` find
+the run and continue its curves, or start it when there is nothing to resume yet, so one unchanged command serves a
+requeueing scheduler; starting a new fit over a run that has a ``last.ckpt`` without it is refused.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from src.callbacks import SampleText
 from src.checkpoint import load_checkpoint
 from src.data import CharDataModule
 from src.errors import UserError
+from src.last_checkpoint import LastCheckpoint, TrainingInterrupted
 from src.module import CharGPT
 
 LOG_ROOT = "lightning_logs"
@@ -32,11 +36,11 @@ class ChargptCLI(LightningCLI):
                 "checkpoint.monitor": "val_loss",
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-step={step}-val_loss={val_loss:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
@@ -61,19 +65,27 @@ class ChargptCLI(LightningCLI):
             }
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        if config.last_checkpoint.dirpath is None:
+            config.last_checkpoint.dirpath = config.checkpoint.dirpath
+        if config.checkpoint.save_last:
+            raise UserError(
+                "--checkpoint.save_last: last.ckpt is written by last_checkpoint (at every validation, every "
+                "--last_checkpoint.every_n_minutes, at the end and on Ctrl-C); leave checkpoint.save_last unset"
+            )
         if trainer.precision is None:
             trainer.precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32"
         if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
             raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
-        last = Path(config.checkpoint.dirpath) / "last.ckpt"
+        last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
-            if not last.is_file():
-                raise UserError(
-                    f"--ckpt_path last: there is no {last} to resume; drop --ckpt_path to start run "
-                    f"{config.run_name!r}, or pick the run with --run_name"
-                )
-            config.ckpt_path = ckpt_path = str(last)
+            if last.is_file():
+                config.ckpt_path = ckpt_path = str(last)
+            elif subcommand == "fit":  # Lightning's convention: the first start of a requeued job
+                notice(f"chargpt: no {last} yet: starting run {config.run_name!r} from step 0")
+                config.ckpt_path = ckpt_path = None
+            else:
+                raise UserError(f"--ckpt_path last: there is no {last}; pick the run with --run_name")
         if ckpt_path:
             load_checkpoint(ckpt_path)  # refuses missing, corrupt, unsafe and foreign files with a clear message
         elif subcommand == "fit" and last.exists():
@@ -81,6 +93,24 @@ class ChargptCLI(LightningCLI):
                 f"run {config.run_name!r} already has {last}: resume it with --ckpt_path last, or "
                 f"start a new run with --run_name NAME (or delete {run_dir})"
             )
+
+
+@rank_zero_only
+def notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resume_command(args: list[str]) -> str:
+    """The command line that continues this run: the same arguments with ``--ckpt_path last``."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        skip = arg == "--ckpt_path"
+        if not skip:
+            kept.append(arg)
+    return shlex.join(["python", "-m", "src.train", *kept, "--ckpt_path", "last"])
 
 
 def main(args: list[str] | None = None) -> None:
@@ -105,6 +135,12 @@ def main(args: list[str] | None = None) -> None:
     except UserError as err:
         print(f"chargpt: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as stop:
+        if stop.step is None:
+            notice(f"chargpt: {stop}; the previous last.ckpt, if any, is intact")
+        else:
+            notice(f"chargpt: {stop}; resume with: {resume_command(sys.argv[1:] if args is None else args)}")
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,41 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def tiny_args(corpus: Path, max_steps: int = 20, run_name: str = "t", **extra) -> list[str]:
+    args = {
+        "data.path": str(corpus),
+        "data.block_size": 16,
+        "data.batch_size": 4,
+        "data.val_batches": 2,
+        "model.n_layer": 1,
+        "model.n_head": 2,
+        "model.n_embd": 16,
+        "model.dropout": 0.1,
+        "model.warmup_steps": 5,
+        "trainer.max_steps": max_steps,
+        "trainer.val_check_interval": 10,
+        "trainer.log_every_n_steps": 5,
+        "trainer.enable_progress_bar": False,
+        "trainer.enable_model_summary": False,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "sample.every_n_steps": 10,
+        "sample.max_new_tokens": 20,
+        "run_name": run_name,
+        **extra,
+    }
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

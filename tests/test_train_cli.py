@@ -14,40 +14,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.train import main
+from tests.conftest import run_cli, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_args(corpus: Path, max_steps: int = 20, run_name: str = "t", **extra) -> list[str]:
-    args = {
-        "data.path": str(corpus),
-        "data.block_size": 16,
-        "data.batch_size": 4,
-        "data.val_batches": 2,
-        "model.n_layer": 1,
-        "model.n_head": 2,
-        "model.n_embd": 16,
-        "model.dropout": 0.1,
-        "model.warmup_steps": 5,
-        "trainer.max_steps": max_steps,
-        "trainer.val_check_interval": 10,
-        "trainer.log_every_n_steps": 5,
-        "trainer.enable_progress_bar": False,
-        "trainer.enable_model_summary": False,
-        "trainer.accelerator": "cpu",
-        "trainer.devices": 1,
-        "sample.every_n_steps": 10,
-        "sample.max_new_tokens": 20,
-        "run_name": run_name,
-        **extra,
-    }
-    return [f"--{k}={v}" for k, v in args.items()]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -123,12 +92,6 @@ def test_print_config_round_trips(workdir, tiny_corpus, capsys):
     assert "max_steps: 20" in printed and "n_embd: 16" in printed
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "src.train", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -137,7 +100,6 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
         (["--model.n_embd=31"], "n_embd (31) must be divisible by n_head (2)"),
         (["--trainer.max_steps=0"], "--trainer.max_steps must be a positive number of steps, got 0"),
         (["--ckpt_path=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
-        (["--ckpt_path=last"], "there is no lightning_logs/t/checkpoints/last.ckpt to resume"),
         (["--data.path=missing.txt"], "corpus file missing.txt does not exist"),
     ],
 )
@@ -168,7 +130,7 @@ def test_new_fit_never_overwrites_a_run(workdir, tiny_corpus, capsys):
 @pytest.mark.slow
 def test_sigkill_never_leaves_a_broken_last_checkpoint(workdir, tiny_corpus):
     rng = random.Random(0)
-    args = tiny_args(tiny_corpus, max_steps=100_000, **{"model.n_embd": 64, "checkpoint.every_n_train_steps": 1})
+    args = tiny_args(tiny_corpus, max_steps=100_000, **{"model.n_embd": 64, "last_checkpoint.every_n_minutes": 0})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     last = workdir / "lightning_logs" / "t" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
