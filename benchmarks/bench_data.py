@@ -4,15 +4,12 @@ step of the lecture model (10.8M params) on this device.
     python benchmarks/bench_data.py
 """
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from src.data import BlockStream, CharDataModule  # noqa: E402
-from src.model import GPT, GPTConfig  # noqa: E402
+from src.data import BlockStream, CharDataModule
+from src.model import GPT, GPTConfig
 
 
 def main() -> None:

@@ -6,21 +6,19 @@ python benchmarks/bench_generate.py --n_layer 4 --n_head 4 --n_embd 128 --block_
 
 import argparse
 import functools
-import sys
-from pathlib import Path
 
 import torch
+from timing import alternating_medians  # a sibling module: this folder is on the path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.timing import alternating_medians  # noqa: E402
-from src.model import GPT, GPTConfig  # noqa: E402
+from src.model import GPT, GPTConfig
+from src.sampling import generate as sample
 
 CACHES = ("exact", "window", "none")
 
 
 def generate(model, new_tokens: int, cache: str, device: str) -> None:
     prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-    model.generate(prompt, new_tokens, generator=torch.Generator(device=device).manual_seed(0), cache=cache)
+    sample(model, prompt, new_tokens, generator=torch.Generator(device=device).manual_seed(0), cache=cache)
 
 
 def rates(model, new_tokens: int, device: str, repeats: int) -> dict[str, float]:

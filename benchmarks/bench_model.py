@@ -5,15 +5,12 @@ python benchmarks/bench_model.py --n_layer 4 --n_head 4 --n_embd 128 --block_siz
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+from reference import SeedGPT  # a sibling module: this folder is on the path
+from timing import alternating_medians  # a sibling module: this folder is on the path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reference import SeedGPT  # noqa: E402
-from benchmarks.timing import alternating_medians  # noqa: E402
-from src.model import GPT, GPTConfig  # noqa: E402
+from src.model import GPT, GPTConfig
 
 
 def train_step(model, batch) -> None:

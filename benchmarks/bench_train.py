@@ -14,26 +14,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
-def build(config: dict, overrides: dict):
-    from src.data import CharDataModule
-    from src.module import CharGPT
+def build(args, cli_args: list[str]):
+    """The module and data module exactly as ``python -m src.train`` builds them from these options, with a Trainer
+    that holds the run's precision, clipping and step count (what ``configure_optimizers`` reads)."""
+    from src.train import build_cli
 
-    data_args = {**config.get("data", {}), **overrides.get("data", {})}
-    model_args = {**config.get("model", {}), **overrides.get("model", {})}
-    dm = CharDataModule(**data_args)
-    dm.prepare_data()
-    dm.setup("fit")
-    module = CharGPT(vocab=dm.vocab, block_size=dm.hparams.block_size, **model_args)
-    return dm, module
+    config = ["--config", args.config] if args.config else []
+    settings = [f"--trainer.precision={args.precision}", f"--trainer.max_steps={args.warmup + args.steps}"]
+    cli = build_cli([*config, *cli_args, *settings, "--trainer.logger=false"], run=False)
+    return cli.datamodule, cli.model, cli.trainer
 
 
 def peak_mib(device: str) -> float:
@@ -78,17 +71,16 @@ def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) ->
     return clock.seconds
 
 
-def run_loop(dm, module, steps: int, warmup: int, precision: str, device: str) -> float:
-    from src.data import BlockStream
-    from src.optim import adamw, warmup_cosine
-
-    hp = module.hparams
+def run_loop(dm, module, trainer, steps: int, warmup: int, precision: str, device: str) -> float:
+    dm.prepare_data()
+    dm.setup("fit")
+    module.build_network(dm.vocab)
     module.configure_model()  # compiles in place when model.compile is set, as the Trainer does
+    module.trainer = trainer
+    optimization = module.configure_optimizers()  # the same optimizer, fused or not, and schedule as a fit
+    optimizer, scheduler = optimization["optimizer"], optimization["lr_scheduler"]["scheduler"]
     model = module.model.to(device).train()
-    fused = not precision.endswith("mixed")  # the same choice CharGPT.configure_optimizers makes (clipping is on)
-    optimizer = adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
-    scheduler = warmup_cosine(optimizer, hp.warmup_steps, warmup + steps, hp.min_lr)
-    stream = iter(BlockStream(dm.train_data, dm.hparams.block_size, dm.hparams.batch_size, dm.hparams.seed, 0))
+    stream = iter(dm.train_dataloader())
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     for step in range(warmup + steps):
         if step == warmup:
@@ -99,7 +91,7 @@ def run_loop(dm, module, steps: int, warmup: int, precision: str, device: str) -
         with autocast:
             _, loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.gradient_clip_val)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -108,12 +100,13 @@ def run_loop(dm, module, steps: int, warmup: int, precision: str, device: str) -
     return time.perf_counter() - start
 
 
-def child(args, overrides) -> None:
-    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+def child(args, cli_args: list[str]) -> None:
     torch.manual_seed(0)
-    dm, module = build(config, overrides)
-    run = run_fit if args.mode == "fit" else run_loop
-    seconds = run(dm, module, args.steps, args.warmup, args.precision, args.device)
+    dm, module, trainer = build(args, cli_args)
+    if args.mode == "fit":
+        seconds = run_fit(dm, module, args.steps, args.warmup, args.precision, args.device)
+    else:
+        seconds = run_loop(dm, module, trainer, args.steps, args.warmup, args.precision, args.device)
     tokens = args.steps * dm.hparams.batch_size * dm.hparams.block_size
     print(
         json.dumps(
@@ -136,13 +129,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3, help="runs of each path, alternating; medians are printed")
     p.add_argument("--mode", choices=("both", "fit", "loop"), default="both")
-    args, rest = p.parse_known_args()
-    overrides: dict = {}
-    for flag, value in zip(rest[::2], rest[1::2]):  # --model.n_layer 4 --data.batch_size 12 ...
-        section, key = flag.lstrip("-").split(".")
-        overrides.setdefault(section, {})[key] = yaml.safe_load(value)
+    args, rest = p.parse_known_args()  # the rest are training options: --model.n_layer 4 --data.batch_size 12 ...
     if args.mode != "both":
-        return child(args, overrides)
+        return child(args, rest)
     runs: dict[str, list[dict]] = {"fit": [], "loop": []}
     for _ in range(args.repeats):  # alternating, so a slow spell of a shared machine hits both paths alike
         for mode, results in runs.items():

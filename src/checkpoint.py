@@ -12,18 +12,23 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from src import __version__
 from src.errors import UserError
 from src.model import LanguageModel, build_model
 from src.tokenizer import CharTokenizer
 
-CHECKPOINT_KEY = "chargpt"  # the module stores its format version under this key
-MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+CHECKPOINT_KEY = "chargpt"  # present in every chargpt checkpoint, holding its format version
+FORMAT = 1
+
+
+def mark(checkpoint: dict[str, Any]) -> None:
+    """Mark a checkpoint that is about to be saved as chargpt's (``load_checkpoint`` refuses unmarked files)."""
+    checkpoint[CHECKPOINT_KEY] = {"format": FORMAT, "version": __version__}
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -87,15 +92,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def model_from_hparams(hp: Mapping[str, Any]) -> tuple[LanguageModel, CharTokenizer]:
-    """The (untrained) model and the tokenizer that plain hyper-parameters describe: a CharGPT's or a checkpoint's."""
-    model = build_model(hp["model_type"], vocab_size=len(hp["vocab"]), **{k: hp[k] for k in MODEL_KEYS})
-    return model, CharTokenizer(hp["vocab"])
-
-
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, CharTokenizer]:
     """The trained model (in eval mode, on the checkpoint's map_location) and its tokenizer."""
-    model, tokenizer = model_from_hparams(ckpt["hyper_parameters"])
+    hp = ckpt["hyper_parameters"]
+    tokenizer = CharTokenizer(hp["vocab"])
+    model = build_model(**hp, vocab_size=tokenizer.vocab_size)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from src.corpus import SHAKESPEARE_SHA256, SHAKESPEARE_URL, ensure_shakespeare, read_text
+from src.corpus import SHAKESPEARE_FILE, SHAKESPEARE_SHA256, SHAKESPEARE_URL, ensure_shakespeare, read_text
 from src.errors import UserError
 from src.tokenizer import CharTokenizer
 
@@ -115,25 +116,25 @@ class CharDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self._text: str | None = None
         self.tokenizer: CharTokenizer | None = None
-        self.batches_drawn = 0  # training batches consumed so far: the stream position saved in checkpoints
+        self.batches_consumed = 0  # training batches trained on so far: the stream position saved in checkpoints
 
     def prepare_data(self) -> None:
+        """Download tiny-shakespeare when it is the corpus (Lightning calls this once per machine, before setup)."""
         if self.hparams.path is None:
             ensure_shakespeare(self.hparams.cache_dir, self.hparams.url, self.hparams.sha256)
 
     def _corpus(self) -> str:
         if self._text is None:
             hp = self.hparams
-            path = hp.path if hp.path is not None else ensure_shakespeare(hp.cache_dir, hp.url, hp.sha256)
-            self._text = read_text(path)
+            self._text = read_text(hp.path if hp.path is not None else Path(hp.cache_dir) / SHAKESPEARE_FILE)
             self.tokenizer = CharTokenizer.from_text(self._text)
         return self._text
 
     @property
     def vocab(self) -> str:
-        """The serialised vocabulary; reading it loads the corpus, so the CLI can link it into the model early."""
+        """The vocabulary of the prepared corpus, as the characters in id order."""
         self._corpus()
-        return self.tokenizer.to_string()
+        return self.tokenizer.vocab
 
     @property
     def vocab_size(self) -> int:
@@ -172,7 +173,7 @@ class CharDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         hp = self.hparams
-        stream = BlockStream(self.train_data, hp.block_size, hp.batch_size, hp.seed, rank, start=self.batches_drawn)
+        stream = BlockStream(self.train_data, hp.block_size, hp.batch_size, hp.seed, rank, start=self.batches_consumed)
         return self._loader(stream, hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -180,11 +181,12 @@ class CharDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if self.trainer is not None and self.trainer.training:
-            self.batches_drawn += 1
+            self.batches_consumed += 1
         return batch
 
+    # the key keeps its first name so that checkpoints written before the rename still resume
     def state_dict(self) -> dict[str, int]:
-        return {"batches_drawn": self.batches_drawn}
+        return {"batches_drawn": self.batches_consumed}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.batches_drawn = int(state_dict["batches_drawn"])
+        self.batches_consumed = int(state_dict["batches_drawn"])

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 
-class Dropout(nn.Dropout):
+class BoolMaskDropout(nn.Dropout):
     """``nn.Dropout`` that, on CPU, draws its mask with ``rand`` and keeps it as bool (1 byte per element, not 4)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

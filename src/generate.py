@@ -17,7 +17,7 @@ import torch
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.errors import UserError
-from src.sampling import CACHE_MODES, check_sampling_args, generate_tokens
+from src.sampling import CACHE_MODES, check_sampling_args, generate_tokens, with_start_token
 
 SEPARATOR = "\n---------------\n"
 
@@ -82,14 +82,10 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    check_sampling_args(args.temperature, args.top_k, args.top_p, args.cache)
-    problems = [
-        f"--{name} must be positive, got {getattr(args, name)}"
-        for name in ("max_new_tokens", "num_samples")
-        if getattr(args, name) < 1
-    ]
-    if problems:
-        raise UserError("; ".join(problems))
+    """Refuse bad values before the checkpoint is read."""
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.cache, args.max_new_tokens, flag="--")
+    if args.num_samples < 1:
+        raise UserError(f"--num_samples must be positive, got {args.num_samples}")
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -97,22 +93,22 @@ def generate(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path, map_location=device))
     try:
-        ids = tokenizer.encode(read_prompt(args)) or [0]  # no prompt: start from token 0 (the newline), as the seeds do
+        ids = tokenizer.encode(read_prompt(args))
     except UserError as err:
         raise UserError(f"the prompt has {err}") from None
+    idx = with_start_token(torch.tensor([ids], dtype=torch.long, device=device))
     with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
-        stream(model, tokenizer, ids, args, device, out)
+        stream(model, tokenizer, idx, args, device, out)
 
 
-def stream(model, tokenizer, ids: list[int], args: argparse.Namespace, device: torch.device, out: TextIO) -> None:
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
+def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device: torch.device, out: TextIO) -> None:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cache": args.cache}
     started, produced = time.perf_counter(), 0
     for n in range(args.num_samples):
         if n:
             out.write(SEPARATOR)
-        out.write(tokenizer.decode(ids))
+        out.write(tokenizer.decode(idx[0].tolist()))
         out.flush()
         for token in generate_tokens(model, idx, args.max_new_tokens, generator=generator, **options):
             out.write(tokenizer.decode(token[0].tolist()))

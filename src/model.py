@@ -10,15 +10,15 @@ CPUs the dropout of ``src.dropout``), the attention scale (``hs ** -0.5``; the l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from src.dropout import Dropout, causal_attention_with_dropout
+from src.dropout import BoolMaskDropout, causal_attention_with_dropout
 from src.errors import UserError
-from src.sampling import generate_tokens
 
 
 @dataclass
@@ -80,7 +80,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v of every head at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = Dropout(config.dropout)
+        self.resid_dropout = BoolMaskDropout(config.dropout)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
@@ -115,7 +115,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = BoolMaskDropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
@@ -137,7 +137,8 @@ class Block(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """What GPT and the bigram model share: the config, the loss, and sampling."""
+    """What GPT and the bigram model share: the config, the loss and the cache interface that ``src.sampling``
+    decodes with."""
 
     config: GPTConfig
 
@@ -158,23 +159,6 @@ class LanguageModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        cache: str = "exact",
-    ) -> torch.Tensor:
-        """The prompt ``idx`` (B, T) followed by ``max_new_tokens`` sampled tokens (an empty prompt becomes token 0).
-        ``src.sampling.generate_tokens`` yields the same tokens one at a time, for streaming."""
-        if idx.size(1) == 0:
-            idx = torch.zeros(idx.size(0), 1, dtype=torch.long, device=idx.device)
-        options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator, "cache": cache}
-        return torch.cat([idx, *generate_tokens(self, idx, max_new_tokens, **options)], dim=1)
 
 
 class GPT(LanguageModel):
@@ -249,8 +233,9 @@ class BigramLanguageModel(LanguageModel):
 MODELS = {"gpt": GPT, "bigram": BigramLanguageModel}
 
 
-def build_model(model_type: str, **config) -> LanguageModel:
-    """A model from plain values, e.g. a checkpoint's hyper-parameters (``model_type`` is "gpt" or "bigram")."""
+def build_model(model_type: str = "gpt", **values: Any) -> LanguageModel:
+    """The model that plain values describe: ``model_type`` ("gpt" or "bigram") and the ``GPTConfig`` fields among
+    ``values``; other keys are ignored, so a CharGPT's or a checkpoint's hyper-parameters can be passed whole."""
     if model_type not in MODELS:
         raise UserError(f"unknown model_type {model_type!r}: choose one of {sorted(MODELS)}")
-    return MODELS[model_type](GPTConfig(**config))
+    return MODELS[model_type](GPTConfig(**{f.name: values[f.name] for f in fields(GPTConfig) if f.name in values}))

@@ -1,30 +1,33 @@
-"""CharGPT: the LightningModule around GPT or the bigram model: steps, metrics, optimizer and checkpoint contents.
+"""CharGPT: the LightningModule around GPT or the bigram model: steps, loss, optimizer and checkpoint contents.
 
 Every init argument is a plain value (the vocabulary is a string), so the checkpoint's hyper-parameters rebuild the
-model and tokenizer on their own and load with ``torch.load(weights_only=True)``.
+model and tokenizer on their own and load with ``torch.load(weights_only=True)``. Without a vocabulary the network
+is built in ``setup``, from the data module's prepared corpus.
 """
 
 from __future__ import annotations
 
 import math
-import random
-import time
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from src import __version__
-from src.checkpoint import CHECKPOINT_KEY, model_from_hparams
+from src.callbacks import TokensPerSecond
+from src.checkpoint import mark
 from src.errors import UserError
+from src.model import LanguageModel, build_model
 from src.optim import adamw, warmup_cosine
+from src.rng import RNGState
+from src.sampling import generate
+from src.tokenizer import CharTokenizer
 
 
 class CharGPT(L.LightningModule):
     def __init__(
         self,
-        vocab: str = "",
+        vocab: str | None = None,
         model_type: Literal["gpt", "bigram"] = "gpt",
         block_size: int = 256,
         n_layer: int = 6,
@@ -44,7 +47,7 @@ class CharGPT(L.LightningModule):
         """GPT (or the bigram model) trained with AdamW and warmup + cosine decay.
 
         Args:
-            vocab: the characters of the vocabulary in id order; linked from the data module by the CLI.
+            vocab: the characters of the vocabulary in id order; by default the data module's, once it is set up.
             model_type: "gpt" (the lecture's transformer) or "bigram" (its baseline).
             block_size: context length; linked from --data.block_size by the CLI.
             n_layer: transformer blocks.
@@ -63,8 +66,8 @@ class CharGPT(L.LightningModule):
             compile: compile the model in place with torch.compile.
         """
         super().__init__()
-        if not vocab:
-            raise UserError("model.vocab is empty: it is filled in from the data module; set a --data corpus")
+        if vocab == "":
+            raise UserError("model.vocab is empty: leave it unset to take the data module's, or give its characters")
         problems = [f"{k} must be positive, got {v}" for k, v in (("learning_rate", learning_rate),) if v <= 0]
         problems += [
             f"{k} must be 0 or more, got {v}"
@@ -77,13 +80,43 @@ class CharGPT(L.LightningModule):
         if problems:
             raise UserError("invalid model settings: " + "; ".join(f"--model.{p}" for p in problems))
         self.save_hyperparameters()
-        self.model, self.tokenizer = model_from_hparams(self.hparams)
+        self.model: LanguageModel | None = None
+        self.tokenizer: CharTokenizer | None = None
         self.val_loss = MeanMetric()
-        self._window: tuple[float, int] | None = None  # (start time, tokens since) for the throughput log
+        self._compiled = False
+        if vocab is not None:
+            self.build_network(vocab)
+
+    def build_network(self, vocab: str) -> None:
+        """Build the network and tokenizer for ``vocab``, which the checkpoint's hyper-parameters then record."""
+        self.hparams.vocab = vocab
+        self.tokenizer = CharTokenizer(vocab)
+        self.model = build_model(**self.hparams, vocab_size=self.tokenizer.vocab_size)
+
+    def setup(self, stage: str) -> None:
+        # after the data module's prepare_data and setup: its vocabulary is known
+        data = self.trainer.datamodule
+        if self.model is None:
+            self.build_network(data.vocab)
+        elif data is not None:  # e.g. the CLI built the module from a checkpoint's hyper-parameters
+            self._check_vocab(self.hparams.vocab, data.vocab)
+
+    @staticmethod
+    def _check_vocab(trained: str, corpus: str) -> None:
+        if trained != corpus:
+            raise UserError(
+                f"the checkpoint was trained on a vocabulary of {len(trained)} characters, but this corpus has "
+                f"{len(corpus)}: pass the --data.path (or default corpus) the checkpoint was trained on"
+            )
 
     def configure_model(self) -> None:
-        if self.hparams.compile and not getattr(self.model, "_compiled_call_impl", None):
+        if self.hparams.compile and not self._compiled:
             self.model.compile()  # in place, so state-dict keys keep their names
+            self._compiled = True
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # with any Trainer: the RNG state that exact resumption needs, and the throughput log
+        return [RNGState(), TokensPerSecond()]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
@@ -104,20 +137,6 @@ class CharGPT(L.LightningModule):
         self.val_loss.reset()
         self.log("val_loss", loss, prog_bar=True)
         self.log("val_bpc", loss / math.log(2))
-        self._window = None  # keep evaluation time out of the training throughput
-
-    def on_train_batch_end(self, outputs: Any, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        # tokens/s over each logging interval, from host timestamps: no device sync per step
-        now, tokens = time.perf_counter(), batch[0].numel() * self.trainer.world_size
-        if self._window is None:
-            self._window = (now, 0)
-            return
-        start, seen = self._window[0], self._window[1] + tokens
-        self._window = (start, seen)
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
-            for logger in self.loggers:
-                logger.log_metrics({"tokens_per_sec": seen / (now - start)}, step=self.trainer.global_step)
-            self._window = (now, 0)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
@@ -136,32 +155,13 @@ class CharGPT(L.LightningModule):
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(idx, max_new_tokens, generator=generator, **options)
+            out = generate(self.model, idx, max_new_tokens, generator=generator, **options)
         finally:
             self.model.train(was_training)
         return self.tokenizer.decode(out[0].tolist())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"format": 1, "version": __version__}
-        # plain tensors and tuples only, so the checkpoint still loads with weights_only=True (numpy's state would not)
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python": random.getstate(),
-        }
+        mark(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved_vocab = checkpoint.get("hyper_parameters", {}).get("vocab", self.hparams.vocab)
-        if saved_vocab != self.hparams.vocab:
-            raise UserError(
-                f"the checkpoint was trained on a vocabulary of {len(saved_vocab)} characters, but this corpus has "
-                f"{len(self.hparams.vocab)}: pass the --data.path (or default corpus) the checkpoint was trained on"
-            )
-        # restoring the RNG makes a resumed run draw the same dropout masks as an uninterrupted one
-        states = checkpoint.get("rng_states")
-        if states is None:
-            return
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        random.setstate(states["python"])
+        self._check_vocab(checkpoint.get("hyper_parameters", {}).get("vocab", self.hparams.vocab), self.hparams.vocab)

@@ -11,10 +11,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices and embeddings (>= 2-D); leave biases and LayerNorm gains (1-D) alone."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    # minGPT's check: every trainable tensor sits in exactly one group
-    assert {id(p) for p in decay}.isdisjoint(id(p) for p in no_decay)
-    assert len(decay) + len(no_decay) == len({id(p) for p in params})
+    no_decay = [p for p in params if p.dim() < 2]  # the complement: each tensor lands in exactly one group
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -1,4 +1,5 @@
 """Sampling: argument checks, logit filters and the one token loop behind ``generate``, the callback and the CLI.
+The model only returns logits; generation imports the model, never the reverse.
 
 Filters apply in this order: top-k (clamped to the vocabulary), then temperature, then top-p (which always keeps
 the most likely token). ``temperature == 0`` is greedy decoding. Draws use a caller-supplied ``torch.Generator``,
@@ -16,33 +17,46 @@ Cache modes, for text longer than the context window (``block_size``):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
 from src.errors import UserError
-
-if TYPE_CHECKING:
-    from src.model import LanguageModel
+from src.model import LanguageModel
 
 CACHE_MODES = ("exact", "window", "none")
+START_TOKEN = 0  # what an empty prompt starts from: the newline in tiny-shakespeare, as in the lecture
 
 
 def check_sampling_args(
-    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, cache: str = "exact"
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cache: str = "exact",
+    max_new_tokens: int = 1,
+    flag: str = "",
 ) -> None:
+    """Refuse bad sampling options, all of them in one message; ``flag`` prefixes each name as the caller's option
+    (``--`` for the generate CLI, ``--sample.`` for the training callback)."""
     problems = []
+    if max_new_tokens < 1:
+        problems.append(f"{flag}max_new_tokens must be positive, got {max_new_tokens}")
     if temperature < 0:
-        problems.append(f"temperature must be 0 (greedy) or more, got {temperature}")
+        problems.append(f"{flag}temperature must be 0 (greedy) or more, got {temperature}")
     if top_k is not None and top_k < 1:
-        problems.append(f"top_k must be at least 1, got {top_k}")
+        problems.append(f"{flag}top_k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        problems.append(f"top_p must be in (0, 1], got {top_p}")
+        problems.append(f"{flag}top_p must be in (0, 1], got {top_p}")
     if cache not in CACHE_MODES:
-        problems.append(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        problems.append(f"{flag}cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     if problems:
         raise UserError("invalid sampling options: " + "; ".join(problems))
+
+
+def with_start_token(idx: torch.Tensor) -> torch.Tensor:
+    """The prompt (B, T), or ``START_TOKEN`` (B, 1) when it is empty."""
+    return idx if idx.size(1) else torch.full((idx.size(0), 1), START_TOKEN, dtype=torch.long, device=idx.device)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,14 +107,12 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` tokens (B, 1) that continue the prompt ``idx`` (B, T), one at a time.
 
-    An empty prompt starts from token 0 (the newline in tiny-shakespeare, as in the lecture); a prompt longer than
-    the context window is cropped to its last ``block_size`` tokens. See the module docstring for ``cache``.
+    An empty prompt starts from ``START_TOKEN``; a prompt longer than the context window is cropped to its last
+    ``block_size`` tokens. See the module docstring for ``cache``.
     """
-    check_sampling_args(temperature, top_k, top_p, cache)
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    check_sampling_args(temperature, top_k, top_p, cache, max_new_tokens)
     window = model.config.block_size
-    seq = idx[:, -window:] if idx.size(1) else torch.zeros(idx.size(0), 1, dtype=torch.long, device=idx.device)
+    seq = with_start_token(idx)[:, -window:]
     cached = 0  # tokens of seq held in the cache; 0 means refill it
     # eager forward even when the model was compiled in place: decoding shapes change every step
     forward = model.forward
@@ -122,3 +134,9 @@ def generate_tokens(
             yield token
     finally:
         model.clear_cache()
+
+
+def generate(model: LanguageModel, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+    """The prompt ``idx`` (B, T) (``START_TOKEN`` if empty) followed by ``max_new_tokens`` sampled tokens: what
+    ``generate_tokens`` yields with the same ``options``, collected."""
+    return torch.cat([with_start_token(idx), *generate_tokens(model, idx, max_new_tokens, **options)], dim=1)

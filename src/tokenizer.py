@@ -1,7 +1,7 @@
 """Character tokenizer: the seeds' sorted-set vocabulary, with errors that point at the offending characters.
 
-The vocabulary serialises to a plain string (its characters in id order), so checkpoints can carry it and still
-load with ``torch.load(weights_only=True)``.
+The vocabulary is a plain string (its characters in id order), so checkpoints can carry it and still load with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -30,13 +30,6 @@ class CharTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
-
-    def to_string(self) -> str:
-        return self.vocab
-
-    @classmethod
-    def from_string(cls, vocab: str) -> CharTokenizer:
-        return cls(vocab)
 
     def unknown(self, text: str) -> list[tuple[int, str]]:
         """(position, character) for every character of ``text`` outside the vocabulary."""

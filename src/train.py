@@ -44,18 +44,19 @@ class ChargptCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
-        # block_size is given once, under data, and reaches the model; the vocabulary exists only once the
-        # data module has read the corpus, so it is linked at instantiation
+        # block_size is given once, under data, and reaches the model; the vocabulary reaches it in CharGPT.setup,
+        # once prepare_data has fetched the corpus
         parser.link_arguments("data.block_size", "model.block_size")
-        parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         if self.config.get("subcommand"):
-            self._check(self.config[self.config.subcommand], self.config.subcommand)
+            config, subcommand = self.config[self.config.subcommand], self.config.subcommand
+            self._settle_defaults(config, subcommand)
+            self._settle_ckpt_path(config, subcommand)
 
-    def _check(self, config, subcommand: str) -> None:
-        """Settle run folders and ckpt_path, and refuse bad values before anything is built or trained."""
+    def _settle_defaults(self, config, subcommand: str) -> None:
+        """The run's logger, checkpoint folders and precision, unless the config gives them; bad values refused."""
         run_dir = Path(LOG_ROOT) / config.run_name
         trainer = config.trainer
         if trainer.logger in (None, True):
@@ -76,6 +77,10 @@ class ChargptCLI(LightningCLI):
             trainer.precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32"
         if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
             raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
+
+    def _settle_ckpt_path(self, config, subcommand: str) -> None:
+        """Resolve ``--ckpt_path last``; refuse a bad checkpoint, or a new fit over a run that has one."""
+        run_dir = Path(LOG_ROOT) / config.run_name
         last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
@@ -113,25 +118,31 @@ def resume_command(args: list[str]) -> str:
     return shlex.join(["python", "-m", "src.train", *kept, "--ckpt_path", "last"])
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
+    """The CLI over CharGPT and CharDataModule; with ``run=False`` it only builds the module, data and Trainer."""
+    return ChargptCLI(
+        CharGPT,
+        CharDataModule,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,  # the module builds AdamW with its own parameter groups
+        seed_everything_default=1337,
+        save_config_kwargs={"overwrite": True},  # a resumed run writes config.yaml into its own folder again
+        trainer_defaults={
+            "max_steps": 5000,
+            "val_check_interval": 250,
+            "check_val_every_n_epoch": None,  # validate every val_check_interval steps, not per epoch
+            "log_every_n_steps": 50,
+            "gradient_clip_val": 1.0,
+            "precision": None,  # settled by the CLI: bf16-mixed where the GPU supports it, else 32-bit
+        },
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later GPUs; no effect on the CPU
     try:
-        ChargptCLI(
-            CharGPT,
-            CharDataModule,
-            args=args,
-            auto_configure_optimizers=False,  # the module builds AdamW with its own parameter groups
-            seed_everything_default=1337,
-            save_config_kwargs={"overwrite": True},  # a resumed run writes config.yaml into its own folder again
-            trainer_defaults={
-                "max_steps": 5000,
-                "val_check_interval": 250,
-                "check_val_every_n_epoch": None,  # validate every val_check_interval steps, not per epoch
-                "log_every_n_steps": 50,
-                "gradient_clip_val": 1.0,
-                "precision": None,  # resolved by _check: bf16-mixed where the GPU supports it, else 32-bit
-            },
-        )
+        build_cli(args)
     except UserError as err:
         print(f"chargpt: error: {err}", file=sys.stderr)
         sys.exit(2)

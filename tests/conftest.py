@@ -14,6 +14,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
 
+
+def tiny_gpt(**overrides):
+    """A 2-layer, 16-wide GPT over 11 tokens with a 16-token window, in eval mode."""
+    from src.model import GPT, GPTConfig
+
+    config = {"vocab_size": 11, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0}
+    return GPT(GPTConfig(**{**config, **overrides})).eval()
+
+
 TINY_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
 
@@ -87,3 +96,27 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "src.train", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def bad_checkpoints(tmp_path: Path, ckpt: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 0}, foreign)
+    return {
+        "missing": (tmp_path / "nope.ckpt", "does not exist"),
+        "directory": (tmp_path, "is a directory"),
+        "text": (text, "is not a readable checkpoint"),
+        "truncated": (truncated, "is not a readable checkpoint"),
+        "foreign": (foreign, "is not a chargpt checkpoint"),
+    }

@@ -3,7 +3,7 @@ import torch
 from torch.nn import functional as F
 
 import src.dropout
-from src.dropout import Dropout, causal_attention_with_dropout
+from src.dropout import BoolMaskDropout, causal_attention_with_dropout
 from src.model import GPT, GPTConfig
 
 
@@ -55,7 +55,7 @@ def test_attention_under_bf16_autocast_keeps_the_input_dtype():
 
 
 def test_dropout_module_on_cpu():
-    drop = Dropout(0.25).train()
+    drop = BoolMaskDropout(0.25).train()
     x = torch.randn(200, 500, requires_grad=True)
     y = drop(x)
     kept = y != 0

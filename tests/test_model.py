@@ -7,12 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from src.model import GPT, BigramLanguageModel, GPTConfig, build_model
-from src.sampling import generate_tokens
-
-
-def tiny(**overrides) -> GPT:
-    config = {"vocab_size": 11, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0}
-    return GPT(GPTConfig(**{**config, **overrides})).eval()
+from tests.conftest import tiny_gpt
 
 
 def all_logits(model, idx, input_pos=None):
@@ -49,7 +44,7 @@ def test_unknown_model_type():
 
 
 def test_causality():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(0, 11, (2, 16))
     changed = idx.clone()
     changed[:, 9:] = (changed[:, 9:] + 1) % 11
@@ -74,7 +69,7 @@ def seed_style_attention(attn, x):
 
 
 def test_fused_attention_equals_the_seeds_per_head_attention():
-    attn = tiny(n_embd=32, n_head=4).transformer.h[0].attn
+    attn = tiny_gpt(n_embd=32, n_head=4).transformer.h[0].attn
     x = torch.randn(3, 16, 32)
     assert torch.allclose(attn(x), seed_style_attention(attn, x), atol=1e-5)
 
@@ -99,7 +94,7 @@ def test_loss_at_initialisation_is_close_to_uniform():
 
 def test_the_model_can_learn_a_tiny_text():
     text = torch.tensor([i % 11 for i in range(200)])
-    model = tiny(dropout=0.1).train()
+    model = tiny_gpt(dropout=0.1).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(150):
         starts = torch.randint(0, len(text) - 17, (8, 1)) + torch.arange(17)
@@ -112,14 +107,14 @@ def test_the_model_can_learn_a_tiny_text():
 
 
 def test_inference_projects_only_the_last_position():
-    model = tiny()
+    model = tiny_gpt()
     logits, loss = model(torch.randint(0, 11, (2, 7)))
     assert logits.shape == (2, 1, 11) and loss is None
 
 
 def test_decode_step_sees_every_cached_key():
     """SDPA's is_causal aligns top-left: one query over a longer cache would see only the first key."""
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(0, 11, (2, 12))
     model.setup_cache(2)
     model(idx[:, :11], input_pos=0)
@@ -129,7 +124,7 @@ def test_decode_step_sees_every_cached_key():
 
 
 def test_multi_token_chunk_after_a_cached_prefix():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(0, 11, (2, 14))
     model.setup_cache(2)
     model(idx[:, :5], input_pos=0)
@@ -139,7 +134,7 @@ def test_multi_token_chunk_after_a_cached_prefix():
 
 
 def test_cached_and_uncached_logits_agree_inside_the_window():
-    model = tiny()
+    model = tiny_gpt()
     seq = torch.randint(0, 11, (3, 16))
     model.setup_cache(3)
     cached = [model(seq[:, :4], input_pos=0)[0][:, -1]]
@@ -150,52 +145,13 @@ def test_cached_and_uncached_logits_agree_inside_the_window():
         assert torch.allclose(logits, full[:, 3 + i], atol=1e-5)
 
 
-@pytest.mark.parametrize("length", [10, 40])  # inside the 16-token window, and well beyond it
-def test_greedy_cached_equals_uncached_token_for_token(length):
-    torch.manual_seed(3)
-    model = tiny()
-    prompt = torch.randint(0, 11, (2, 3))
-    exact = model.generate(prompt, length, temperature=0, cache="exact")
-    reference = model.generate(prompt, length, temperature=0, cache="none")
-    assert torch.equal(exact, reference)
-
-
-def test_sampled_cached_equals_uncached_with_the_same_generator():
-    model = tiny()
-    prompt = torch.randint(0, 11, (2, 3))
-    runs = [
-        model.generate(prompt, 30, top_k=5, generator=torch.Generator().manual_seed(9), cache=cache)
-        for cache in ("exact", "none")
-    ]
-    assert torch.equal(*runs)
-
-
-def test_window_mode_is_exact_inside_the_window_and_keeps_going_beyond():
-    model = tiny()
-    prompt = torch.randint(0, 11, (1, 2))
-    window = model.generate(prompt, 40, temperature=0, cache="window")
-    exact = model.generate(prompt, 40, temperature=0, cache="exact")
-    assert window.shape == (1, 42)
-    assert torch.equal(window[:, :16], exact[:, :16])
-
-
-def test_prompts_empty_and_too_long():
-    model = tiny()
-    from_empty = model.generate(torch.zeros(1, 0, dtype=torch.long), 5, temperature=0)
-    assert from_empty.shape == (1, 6) and from_empty[0, 0] == 0  # starts from token 0, as the seeds do
-    long_prompt = torch.randint(0, 11, (1, 30))
-    new_from_long = model.generate(long_prompt, 5, temperature=0)[:, 30:]
-    new_from_cropped = model.generate(long_prompt[:, -16:], 5, temperature=0)[:, 16:]
-    assert torch.equal(new_from_long, new_from_cropped)
-
-
 def test_cached_decoding_without_a_cache_says_what_to_call():
     with pytest.raises(RuntimeError, match="setup_cache"):
-        tiny()(torch.zeros(1, 1, dtype=torch.long), input_pos=3)
+        tiny_gpt()(torch.zeros(1, 1, dtype=torch.long), input_pos=3)
 
 
 def test_cache_and_compile_never_reach_the_state_dict():
-    model = tiny()
+    model = tiny_gpt()
     keys = set(model.state_dict())
     model.setup_cache(2)
     model(torch.zeros(2, 3, dtype=torch.long), input_pos=0)
@@ -205,25 +161,11 @@ def test_cache_and_compile_never_reach_the_state_dict():
     assert set(model.state_dict()) == keys
 
 
-def test_generation_ignores_dropout_state_and_global_rng():
-    model = tiny(dropout=0.5)
-    state = torch.get_rng_state()
-    generate_tokens_out = list(
-        generate_tokens(model, torch.zeros(1, 1, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0))
-    )
-    assert len(generate_tokens_out) == 5
-    assert torch.equal(state, torch.get_rng_state())
-
-
 def test_bigram_has_the_same_interface():
     model = BigramLanguageModel(GPTConfig(vocab_size=11, block_size=8))
     idx = torch.randint(0, 11, (2, 8))
     logits, loss = model(idx, idx)
     assert logits.shape == (2, 8, 11) and loss is not None
-    out = model.generate(idx[:, :2], 20, generator=torch.Generator().manual_seed(1))
-    assert out.shape == (2, 22)
-    greedy = [model.generate(idx[:, :2], 12, temperature=0, cache=c) for c in ("exact", "window", "none")]
-    assert torch.equal(greedy[0], greedy[2]) and torch.equal(greedy[1], greedy[2])
 
 
 def test_model_module_is_plain_pytorch():

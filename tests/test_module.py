@@ -1,9 +1,7 @@
 from types import SimpleNamespace
 
 import pytest
-import torch
 
-from src.checkpoint import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint
 from src.errors import UserError
 from src.module import CharGPT
 
@@ -48,24 +46,3 @@ def test_bad_settings_name_the_option():
         module(learning_rate=0, beta2=1.0)
     with pytest.raises(UserError, match="model.vocab is empty"):
         CharGPT(vocab="")
-
-
-def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
-    m = module(dropout=0.0).eval()
-    checkpoint = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}
-    m.on_save_checkpoint(checkpoint)
-    assert CHECKPOINT_KEY in checkpoint
-    torch.save(checkpoint, tmp_path / "m.ckpt")
-    model, tokenizer = model_from_checkpoint(load_checkpoint(tmp_path / "m.ckpt"))
-    idx = torch.tensor([tokenizer.encode("a bad chef")])
-    assert tokenizer.vocab == VOCAB
-    assert torch.equal(model(idx, idx)[0], m.model(idx, idx)[0])
-
-
-def test_rng_state_is_saved_and_restored():
-    m = module()
-    checkpoint = {}
-    m.on_save_checkpoint(checkpoint)
-    expected = torch.rand(3)
-    m.on_load_checkpoint(checkpoint)
-    assert torch.equal(torch.rand(3), expected)
