@@ -20,7 +20,7 @@ import torch
 from src import __version__
 from src.errors import UserError
 from src.model import LanguageModel, build_model
-from src.tokenizer import CharTokenizer
+from src.tokenizer import Tokenizer, make_tokenizer
 
 CHECKPOINT_KEY = "chargpt"  # present in every chargpt checkpoint, holding its format version
 FORMAT = 1
@@ -92,10 +92,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, CharTokenizer]:
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, Tokenizer]:
     """The trained model (in eval mode, on the checkpoint's map_location) and its tokenizer."""
     hp = ckpt["hyper_parameters"]
-    tokenizer = CharTokenizer(hp["vocab"])
+    tokenizer = make_tokenizer(hp.get("tokenizer", "chars"), hp["vocab"])
     model = build_model(**hp, vocab_size=tokenizer.vocab_size)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -1,16 +1,20 @@
-"""Getting the text: a checksum-verified download of tiny-shakespeare, and a careful read of any UTF-8 file.
+"""Getting the text: a checksum-verified download of tiny-shakespeare, and the files a ``--data.path`` names.
 
 A download lands in a temporary file beside its destination and is renamed into place only once its SHA-256
-matches, so an interrupted or corrupted download is never used.
+matches, so an interrupted or corrupted download is never used. A corpus is one file, a folder (its files,
+recursively, hidden ones aside) or a glob; files are read in sorted order, in chunks, and joined with
+``FILE_SEPARATOR``. ``src.token_cache`` reads them as UTF-8 and skips (or, strictly, refuses) files that are not.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from src.errors import UserError
@@ -18,6 +22,8 @@ from src.errors import UserError
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHAKESPEARE_FILE = "tinyshakespeare/input.txt"  # inside the data module's cache_dir
+FILE_SEPARATOR = "\n\n"  # between the files of a folder or a glob
+CHUNK_BYTES = 16 << 20  # what a corpus is read in: memory stays bounded whatever its size
 
 
 def sha256_of(path: str | Path) -> str:
@@ -69,20 +75,39 @@ def ensure_shakespeare(cache_dir: str | Path, url: str = SHAKESPEARE_URL, sha256
     return path
 
 
-def read_text(path: str | Path) -> str:
-    """The whole file as text, with a clear error for anything that is not a non-empty UTF-8 file."""
+def corpus_files(path: str | Path) -> list[Path]:
+    """The files of the corpus at ``path``: the file itself, every file under a folder (hidden files and folders
+    aside), or every file a glob matches, in sorted order."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"corpus file {path} does not exist: pass an existing UTF-8 text file with --data.path")
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise UserError(f"corpus file {path} is empty: pass a non-empty UTF-8 text file with --data.path")
+        return [path]
     if path.is_dir():
-        raise UserError(f"corpus path {path} is a directory: pass a UTF-8 text file inside it with --data.path")
-    raw = path.read_bytes()
-    if not raw:
-        raise UserError(f"corpus file {path} is empty: pass a non-empty UTF-8 text file with --data.path")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"corpus file {path} is not UTF-8 (byte {err.object[err.start]:#04x} at offset {err.start}): "
-            f"convert it, e.g. with `iconv -t utf-8`, and pass it with --data.path"
-        ) from None
+        hidden = lambda p: any(part.startswith(".") for part in p.relative_to(path).parts)  # noqa: E731
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not hidden(p))
+        if not files:
+            raise UserError(f"corpus path {path} is a directory with no files in it: pass text files with --data.path")
+        return files
+    if any(c in str(path) for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if os.path.isfile(p))
+        if not files:
+            raise UserError(f"--data.path {path}: the glob matches no file")
+        return files
+    raise UserError(
+        f"corpus file {path} does not exist: pass an existing UTF-8 text file, folder or glob with --data.path"
+    )
+
+
+def read_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from iter(lambda: f.read(CHUNK_BYTES), b"")
+
+
+class NotUTF8(ValueError):
+    """A file of the corpus that is not UTF-8, and where it stops being so."""
+
+    def __init__(self, path: Path, offset: int, byte: int | None) -> None:
+        self.path = path
+        where = f"byte {byte:#04x} at offset {offset}" if byte is not None else "it ends inside a character"
+        super().__init__(f"{path} is not UTF-8 ({where})")

@@ -1,5 +1,8 @@
 """CharDataModule: a text corpus as an endless, reproducible stream of random training blocks and a fixed val set.
 
+The corpus is encoded once into a token cache (``src.token_cache``) in ``prepare_data`` and memory-mapped in
+``setup``, so memory does not grow with its size and every rank maps the same file.
+
 Training batches follow the lecture's ``get_batch`` (``x = data[i:i+T]``, ``y = data[i+1:i+T+1]``, ``i`` uniform)
 but draw a whole batch with one gather. Batch ``n`` of global rank ``r`` is a pure function of ``(seed, r, n)``, so
 ranks and workers draw different blocks, a seed replays its stream, and resuming only needs ``n``.
@@ -11,14 +14,16 @@ import hashlib
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from src.corpus import SHAKESPEARE_FILE, SHAKESPEARE_SHA256, SHAKESPEARE_URL, ensure_shakespeare, read_text
+from src.corpus import SHAKESPEARE_FILE, SHAKESPEARE_SHA256, SHAKESPEARE_URL, corpus_files, ensure_shakespeare
 from src.errors import UserError
-from src.tokenizer import CharTokenizer
+from src.token_cache import Tokens, load_tokens
+from src.tokenizer import Tokenizer, make_tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -75,6 +80,8 @@ class CharDataModule(L.LightningDataModule):
     def __init__(
         self,
         path: str | None = None,
+        tokenizer: Literal["chars", "bytes"] = "chars",
+        strict: bool = False,
         cache_dir: str = "data",
         block_size: int = 256,
         batch_size: int = 64,
@@ -89,8 +96,12 @@ class CharDataModule(L.LightningDataModule):
         """A text corpus as training blocks and a fixed validation set.
 
         Args:
-            path: a UTF-8 text file to train on, used as it is; leave unset for tiny-shakespeare.
-            cache_dir: where tiny-shakespeare is downloaded to (``<cache_dir>/tinyshakespeare/input.txt``).
+            path: a UTF-8 text file to train on, or a folder (its files, recursively, in sorted order) or a glob
+                of them; leave unset for tiny-shakespeare.
+            tokenizer: "chars" (the lecture's: the corpus's characters) or "bytes" (UTF-8 bytes: any text).
+            strict: refuse a folder or glob with files that are not UTF-8, instead of skipping them with a warning.
+            cache_dir: where tiny-shakespeare is downloaded to (``<cache_dir>/tinyshakespeare/input.txt``) and
+                where encoded corpora are kept (``<cache_dir>/tokens/``).
             block_size: context length T of every block.
             batch_size: blocks per training and validation batch.
             train_fraction: the first part of the text that is trained on; the rest is the validation split.
@@ -114,27 +125,30 @@ class CharDataModule(L.LightningDataModule):
         if problems:
             raise UserError("invalid data settings: " + "; ".join(f"--data.{p}" for p in problems))
         self.save_hyperparameters()
-        self._text: str | None = None
-        self.tokenizer: CharTokenizer | None = None
+        self._tokens: Tokens | None = None
+        self.tokenizer: Tokenizer | None = None
         self.batches_consumed = 0  # training batches trained on so far: the stream position saved in checkpoints
 
     def prepare_data(self) -> None:
-        """Download tiny-shakespeare when it is the corpus (Lightning calls this once per machine, before setup)."""
-        if self.hparams.path is None:
-            ensure_shakespeare(self.hparams.cache_dir, self.hparams.url, self.hparams.sha256)
+        """Download tiny-shakespeare when it is the corpus, and encode the corpus into its token cache unless it
+        is there already (Lightning calls this once per machine, before setup on every rank)."""
+        hp = self.hparams
+        if hp.path is None:
+            ensure_shakespeare(hp.cache_dir, hp.url, hp.sha256)
+        self._load()
 
-    def _corpus(self) -> str:
-        if self._text is None:
+    def _load(self) -> Tokens:
+        if self._tokens is None:
             hp = self.hparams
-            self._text = read_text(hp.path if hp.path is not None else Path(hp.cache_dir) / SHAKESPEARE_FILE)
-            self.tokenizer = CharTokenizer.from_text(self._text)
-        return self._text
+            path = hp.path if hp.path is not None else Path(hp.cache_dir) / SHAKESPEARE_FILE
+            self._tokens = load_tokens(corpus_files(path), hp.tokenizer, hp.cache_dir, hp.strict)
+            self.tokenizer = make_tokenizer(hp.tokenizer, self._tokens.vocab)
+        return self._tokens
 
     @property
     def vocab(self) -> str:
-        """The vocabulary of the prepared corpus, as the characters in id order."""
-        self._corpus()
-        return self.tokenizer.vocab
+        """The vocabulary of the prepared corpus, as the characters in id order (byte b is chr(b))."""
+        return self._load().vocab
 
     @property
     def vocab_size(self) -> int:
@@ -144,8 +158,7 @@ class CharDataModule(L.LightningDataModule):
         if hasattr(self, "train_data"):
             return
         hp = self.hparams
-        text = self._corpus()
-        data = self.tokenizer.encode_tensor(text)
+        data = self._load().ids
         n = int(hp.train_fraction * len(data))
         self.train_data, self.val_data = data[:n], data[n:]
         for split, part in (("training", self.train_data), ("validation", self.val_data)):

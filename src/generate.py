@@ -108,12 +108,14 @@ def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device
     for n in range(args.num_samples):
         if n:
             out.write(SEPARATOR)
-        out.write(tokenizer.decode(idx[0].tolist()))
+        decode = tokenizer.stream_decoder()  # bytes of one character may come in several tokens
+        out.write(decode(idx[0].tolist()))
         out.flush()
         for token in generate_tokens(model, idx, args.max_new_tokens, generator=generator, **options):
-            out.write(tokenizer.decode(token[0].tolist()))
+            out.write(decode(token[0].tolist()))
             out.flush()
             produced += 1
+        out.write(decode([], final=True))
     out.write("\n")
     out.flush()
     seconds = time.perf_counter() - started

@@ -21,13 +21,14 @@ from src.model import LanguageModel, build_model
 from src.optim import adamw, warmup_cosine
 from src.rng import RNGState
 from src.sampling import generate
-from src.tokenizer import CharTokenizer
+from src.tokenizer import Tokenizer, make_tokenizer
 
 
 class CharGPT(L.LightningModule):
     def __init__(
         self,
         vocab: str | None = None,
+        tokenizer: Literal["chars", "bytes"] = "chars",
         model_type: Literal["gpt", "bigram"] = "gpt",
         block_size: int = 256,
         n_layer: int = 6,
@@ -48,6 +49,7 @@ class CharGPT(L.LightningModule):
 
         Args:
             vocab: the characters of the vocabulary in id order; by default the data module's, once it is set up.
+            tokenizer: "chars" or "bytes"; linked from --data.tokenizer by the CLI.
             model_type: "gpt" (the lecture's transformer) or "bigram" (its baseline).
             block_size: context length; linked from --data.block_size by the CLI.
             n_layer: transformer blocks.
@@ -81,7 +83,7 @@ class CharGPT(L.LightningModule):
             raise UserError("invalid model settings: " + "; ".join(f"--model.{p}" for p in problems))
         self.save_hyperparameters()
         self.model: LanguageModel | None = None
-        self.tokenizer: CharTokenizer | None = None
+        self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()
         self._compiled = False
         if vocab is not None:
@@ -90,7 +92,7 @@ class CharGPT(L.LightningModule):
     def build_network(self, vocab: str) -> None:
         """Build the network and tokenizer for ``vocab``, which the checkpoint's hyper-parameters then record."""
         self.hparams.vocab = vocab
-        self.tokenizer = CharTokenizer(vocab)
+        self.tokenizer = make_tokenizer(self.hparams.tokenizer, vocab)
         self.model = build_model(**self.hparams, vocab_size=self.tokenizer.vocab_size)
 
     def setup(self, stage: str) -> None:

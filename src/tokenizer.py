@@ -1,18 +1,23 @@
-"""Character tokenizer: the seeds' sorted-set vocabulary, with errors that point at the offending characters.
+"""Tokenizers: the lecture's characters (the corpus's sorted set, the default) and UTF-8 bytes (any text at all).
 
-The vocabulary is a plain string (its characters in id order), so checkpoints can carry it and still load with
-``torch.load(weights_only=True)``.
+Either vocabulary is a plain string (its characters in id order; byte b is ``chr(b)``), so checkpoints can carry it
+and still load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import torch
+import codecs
+from collections.abc import Callable
 
 from src.errors import UserError
+
+TOKENIZERS = ("chars", "bytes")
 
 
 class CharTokenizer:
     """Maps each character of a fixed vocabulary to its index in that vocabulary."""
+
+    kind = "chars"
 
     def __init__(self, vocab: str) -> None:
         if not vocab:
@@ -46,13 +51,51 @@ class CharTokenizer:
                 f"{len(bad)} character(s) outside the vocabulary: {shown}{more}. Vocabulary: {self.vocab!r}"
             ) from None
 
-    def encode_tensor(self, text: str) -> torch.Tensor:
-        """``encode`` as the most compact integer tensor that holds every id (uint8 for up to 256 characters)."""
-        dtype = torch.uint8 if self.vocab_size <= 256 else torch.int32
-        return torch.tensor(self.encode(text), dtype=dtype)
+    def decode(self, ids: list[int]) -> str:
+        check_ids(ids, self.vocab_size)
+        return "".join(self.vocab[i] for i in ids)
+
+    def stream_decoder(self) -> Callable[..., str]:
+        """``decode`` for a stream of ids arriving a few at a time (``final=True`` with the last ones)."""
+        return lambda ids, final=False: self.decode(ids)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: a vocabulary of 256 that encodes any text; invalid byte runs decode to U+FFFD."""
+
+    kind = "bytes"
+    vocab = "".join(map(chr, range(256)))
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
 
     def decode(self, ids: list[int]) -> str:
-        bad = sorted({i for i in ids if not 0 <= i < self.vocab_size})
-        if bad:
-            raise UserError(f"token ids outside the vocabulary of {self.vocab_size}: {bad[:10]}")
-        return "".join(self.vocab[i] for i in ids)
+        check_ids(ids, self.vocab_size)
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> Callable[..., str]:
+        """``decode`` for a stream of ids: a character whose bytes arrive in several pieces comes out whole."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return lambda ids, final=False: decoder.decode(bytes(check_ids(ids, 256)), final)
+
+
+Tokenizer = CharTokenizer | ByteTokenizer
+
+
+def check_ids(ids: list[int], vocab_size: int) -> list[int]:
+    bad = sorted({i for i in ids if not 0 <= i < vocab_size})
+    if bad:
+        raise UserError(f"token ids outside the vocabulary of {vocab_size}: {bad[:10]}")
+    return ids
+
+
+def make_tokenizer(kind: str, vocab: str) -> Tokenizer:
+    """The tokenizer a run or a checkpoint names, with its vocabulary."""
+    if kind == "bytes":
+        if vocab != ByteTokenizer.vocab:
+            raise UserError("a bytes tokenizer's vocabulary is the 256 byte values; this one is not")
+        return ByteTokenizer()
+    if kind == "chars":
+        return CharTokenizer(vocab)
+    raise UserError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")

@@ -44,9 +44,10 @@ class ChargptCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
-        # block_size is given once, under data, and reaches the model; the vocabulary reaches it in CharGPT.setup,
-        # once prepare_data has fetched the corpus
+        # block_size and the tokenizer are given once, under data, and reach the model; the vocabulary reaches it
+        # in CharGPT.setup, once prepare_data has encoded the corpus
         parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments("data.tokenizer", "model.tokenizer")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

@@ -39,3 +39,11 @@ def test_bench_train_prints_fit_loop_and_the_overhead(shakespeare):
     assert re.search(r"Trainer\.fit +[\d,]+ tokens/s +[\d.]+ ms/step peak +[\d,]+ MiB", out)
     assert re.search(r"plain loop +[\d,]+ tokens/s", out)
     assert re.search(r"Lightning overhead: [+-]\d+\.\d%", out)
+
+
+def test_bench_data_prints_the_generated_corpus_figures(shakespeare):
+    out = run("bench_data.py", "--corpus_mb", "1", "--repeats", "1", "--steps", "2")
+    assert re.search(r"encode \(cold cache\): [\d.]+ s, [\d,]+ MB/s, peak [\d,]+ MiB", out)
+    assert re.search(r"cached start-up: [\d.]+ s", out)
+    for kind in ("tiny-shakespeare", "corpus, cold cache", "corpus, warm cache"):
+        assert re.search(kind + r" +[\d.]+ s \([\d.]+x\) +peak [\d,]+ MiB", out), kind

@@ -10,7 +10,7 @@ from src.errors import UserError
 
 
 def make_dm(path, **kwargs) -> CharDataModule:
-    kwargs = {"block_size": 8, "batch_size": 4, "val_batches": 3, **kwargs}
+    kwargs = {"block_size": 8, "batch_size": 4, "val_batches": 3, "cache_dir": str(path.parent / "cache"), **kwargs}
     dm = CharDataModule(path=str(path), **kwargs)
     dm.prepare_data()
     dm.setup("fit")

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from src.generate import main as generate_main
 from src.train import main as train_main
-from tests.conftest import TINY_TEXT, bad_checkpoints
+from tests.conftest import TINY_TEXT, bad_checkpoints, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,3 +141,15 @@ def test_help_documents_every_option(capsys):
         "--output",
     ):
         assert option in out
+
+
+def test_a_bytes_checkpoint_generates_from_a_prompt_its_corpus_never_contained(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.txt").write_text(TINY_TEXT)  # plain ASCII
+    train_main(["fit", *tiny_args(tmp_path / "tiny.txt", max_steps=10, **{"data.tokenizer": "bytes"})])
+    ckpt = tmp_path / "lightning_logs/t/checkpoints/last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["tokenizer"] == "bytes"
+    capsys.readouterr()
+    prompt = "日本語 🎉 ÉTÉ:"
+    out, _ = generate(capsys, f"--ckpt_path={ckpt}", f"--prompt={prompt}", "--max_new_tokens=40", "--seed=3")
+    assert out.startswith(prompt)

@@ -63,7 +63,7 @@ def test_a_signal_saves_the_step_reached_and_exits_with_its_status(workdir, tiny
     last = workdir / "lightning_logs/t/checkpoints/last.ckpt"
     step = step_of(last)
     assert 40 <= step < 100_000  # where training was, with no validation ever run
-    lines = [line for line in err.splitlines() if line.startswith("chargpt:")]
+    lines = [line for line in err.splitlines() if line.startswith(f"chargpt: {signum.name}")]
     assert len(lines) == 1 and f"{signum.name}: saved {last.relative_to(workdir)} at step {step}" in lines[0]
     assert "--ckpt_path last" in lines[0] and "Traceback" not in err
 

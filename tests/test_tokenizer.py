@@ -1,8 +1,6 @@
 import pytest
-import torch
 
-from src.corpus import read_text
-from src.tokenizer import CharTokenizer
+from src.tokenizer import ByteTokenizer, CharTokenizer, make_tokenizer
 
 
 def test_vocabulary_is_the_sorted_set_of_characters():
@@ -18,7 +16,7 @@ def test_round_trip():
 
 
 def test_seed_example_on_shakespeare(shakespeare):
-    tok = CharTokenizer.from_text(read_text(shakespeare))
+    tok = CharTokenizer.from_text(shakespeare.read_text(encoding="utf-8"))
     assert tok.vocab_size == 65
     assert tok.encode("hii there") == [46, 47, 47, 1, 58, 46, 43, 56, 43]
     assert tok.decode([46, 47, 47, 1, 58, 46, 43, 56, 43]) == "hii there"
@@ -47,17 +45,35 @@ def test_serialises_to_a_plain_string():
     assert restored.encode("quick fox") == tok.encode("quick fox")
 
 
-def test_encode_tensor_is_compact():
-    tok = CharTokenizer.from_text("abcabc")
-    ids = tok.encode_tensor("cab")
-    assert ids.dtype == torch.uint8
-    assert ids.tolist() == [2, 0, 1]
-    big = CharTokenizer("".join(chr(0x4E00 + i) for i in range(300)))
-    assert big.encode_tensor(chr(0x4E00 + 299)).dtype == torch.int32
-
-
 def test_bad_vocabularies():
     with pytest.raises(ValueError, match="empty"):
         CharTokenizer("")
     with pytest.raises(ValueError, match="repeated"):
         CharTokenizer("aba")
+
+
+UNICODE = "naïve café, 日本語の文章, emoji 🎉👩‍💻, combining e\u0301 and a\u0308, Ελληνικά, עברית\n"
+
+
+def test_bytes_round_trip_any_text():
+    tok = ByteTokenizer()
+    assert tok.vocab_size == 256 and tok.encode("é") == [0xC3, 0xA9]
+    assert tok.decode(tok.encode(UNICODE)) == UNICODE
+
+
+def test_bytes_decode_invalid_runs_to_the_replacement_character():
+    assert ByteTokenizer().decode([0x61, 0xFF, 0xC3, 0x62]) == "a\ufffd\ufffdb"
+
+
+def test_bytes_stream_decoder_keeps_characters_split_across_tokens_whole():
+    tok = ByteTokenizer()
+    decode = tok.stream_decoder()
+    pieces = [decode([b]) for b in tok.encode(UNICODE)] + [decode([], final=True)]
+    assert "".join(pieces) == UNICODE and "\ufffd" not in "".join(pieces)
+
+
+def test_a_checkpoints_tokenizer_is_rebuilt_from_its_kind_and_vocabulary():
+    assert isinstance(make_tokenizer("bytes", ByteTokenizer.vocab), ByteTokenizer)
+    assert make_tokenizer("chars", "ab").encode("ba") == [1, 0]
+    with pytest.raises(ValueError, match="unknown tokenizer 'words'"):
+        make_tokenizer("words", "ab")
