@@ -1,8 +1,9 @@
 """What training shows while it runs: ``SampleText`` (what the model writes, on stdout and in TensorBoard) and
-``TokensPerSecond`` (training throughput)."""
+``Throughput`` (tokens/s, MFU, gradient norm, and plain log lines for batch jobs)."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -67,12 +68,60 @@ class SampleText(L.Callback):
         return text
 
 
-class TokensPerSecond(L.Callback):
-    """Logs ``tokens_per_sec``: training tokens of all ranks per second over each logging interval, evaluation
-    excluded. It reads host timestamps only: Lightning's ``ThroughputMonitor`` synchronises the GPU every step."""
+# dense bf16 / TF32 tensor-core peaks (FLOP/s) of the GPUs we know; any other device is measured
+GPU_PEAKS = {"H200": (989e12, 495e12), "H100": (989e12, 495e12), "A100": (312e12, 156e12), "L4": (121e12, 60e12)}
+
+
+def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+    """The FLOP/s that MFU is measured against, and where the figure comes from."""
+    low = "bf16" in precision or "16" in precision
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, (bf16, tf32) in GPU_PEAKS.items():
+            if key in name:
+                return (bf16 if low else tf32), f"{name} datasheet, {'bf16' if low else 'tf32'} dense"
+    dtype, n = (torch.bfloat16 if low else torch.float32), 1024
+    a = b = torch.full((n, n), 0.5, dtype=dtype, device=device)  # not randn: the global RNG is the run's
+    best = math.inf
+    for _ in range(4):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best, f"measured: a {n}x{n} {str(dtype).removeprefix('torch.')} matmul on {device.type}"
+
+
+class Throughput(L.Callback):
+    """Every ``log_every_n_steps``: ``tokens_per_sec`` (all ranks, evaluation excluded), ``mfu`` (model FLOPs
+    utilisation: the model's training FLOPs per second against the device's peak, stated once as the
+    ``mfu_peak`` text) and ``grad_norm`` (before clipping). It reads host timestamps only: Lightning's
+    ``ThroughputMonitor`` synchronises the GPU every step. Without a progress bar (a batch job, output to a file)
+    it also prints one plain line per interval: step, loss, val, tokens/s and the time left."""
 
     def __init__(self) -> None:
         self._window: tuple[float, int] | None = None  # (start time, tokens since)
+        self._grad_norm: torch.Tensor | None = None
+        self._peak = math.nan
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._peak, source = peak_flops(pl_module.device, str(trainer.precision))
+        note = f"MFU peak: {self._peak / 1e12:.2f} TFLOP/s per device ({source})"
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("mfu_peak", note, global_step=trainer.global_step)
+        if trainer.progress_bar_callback is None:
+            print(f"chargpt: {note}", flush=True)
+
+    def _logs_now(self, trainer: L.Trainer, step: int) -> bool:
+        return step % trainer.log_every_n_steps == 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if self._logs_now(trainer, trainer.global_step + 1):  # the step this optimizer step completes
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch, *args) -> None:
         now, tokens = time.perf_counter(), batch[0].numel() * trainer.world_size
@@ -81,10 +130,27 @@ class TokensPerSecond(L.Callback):
             return
         start, seen = self._window[0], self._window[1] + tokens
         self._window = (start, seen)
-        if trainer.global_step % trainer.log_every_n_steps == 0:
-            for logger in trainer.loggers:
-                logger.log_metrics({"tokens_per_sec": seen / (now - start)}, step=trainer.global_step)
-            self._window = (now, 0)
+        step = trainer.global_step
+        if not self._logs_now(trainer, step):
+            return
+        rate = seen / (now - start)
+        metrics = {"tokens_per_sec": rate}
+        metrics["mfu"] = rate * pl_module.model.flops_per_token() / (self._peak * trainer.world_size)
+        if self._grad_norm is not None:
+            metrics["grad_norm"] = self._grad_norm.item()
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        if trainer.progress_bar_callback is None and trainer.is_global_zero:
+            print(self._line(trainer, rate, metrics["mfu"], (now - start) / (seen / tokens)), flush=True)
+        self._window = (now, 0)
+
+    def _line(self, trainer: L.Trainer, rate: float, mfu: float, seconds_per_step: float) -> str:
+        step, metrics = trainer.global_step, trainer.callback_metrics
+        left = int(seconds_per_step * max(trainer.max_steps - step, 0))
+        loss = f"loss {metrics['train_loss'].item():.4f}" if "train_loss" in metrics else "loss -"
+        val = f"val {metrics['val_loss'].item():.4f}" if "val_loss" in metrics else "val -"
+        eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        return f"step {step}/{trainer.max_steps} | {loss} | {val} | {rate:,.0f} tokens/s | mfu {mfu:.1%} | ETA {eta}"
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._window = None

@@ -83,10 +83,23 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = BoolMaskDropout(config.dropout)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        return tuple(t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights (B, nh, T, T) that ``forward`` applies to the values: each row a distribution
+        over the positions up to its own (the lecture's ``wei``), without dropout."""
+        q, k, _ = self._qkv(x)
+        T = x.size(1)
+        scores = (q @ k.transpose(-2, -1)) * self.head_size**-0.5
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self._qkv(x)
         mask, causal = None, True
         if input_pos is not None:
             if self.kv_cache is None:
@@ -160,6 +173,14 @@ class LanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward and backward): 6 per parameter, as in the PaLM paper's estimate."""
+        return 6 * self.num_params()
+
+    def token_embeddings(self) -> torch.Tensor:
+        """(V, d): the learned vector of each token."""
+        raise NotImplementedError
+
 
 class GPT(LanguageModel):
     def __init__(self, config: GPTConfig) -> None:
@@ -199,11 +220,31 @@ class GPT(LanguageModel):
         start = input_pos or 0
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} positions do not fit in block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self._embed(idx, start)
         for block in self.transformer.h:
             x = block(x, input_pos)
         return self._logits_and_loss(self.transformer.ln_f(x), self.lm_head, targets)
+
+    def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)
+        return self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's attention weights (B, nh, T, T) for ``idx`` (B, T), computed as ``forward`` does."""
+        x, maps = self._embed(idx), []
+        for block in self.transformer.h:
+            maps.append(block.attn.weights(block.ln_1(x)))
+            x = block(x)
+        return maps
+
+    def flops_per_token(self) -> int:
+        # nanoGPT's estimate: 6 per parameter, plus attention's q k^T and weights @ v over the whole window
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def token_embeddings(self) -> torch.Tensor:
+        return self.transformer.wte.weight
 
     def setup_cache(self, batch_size: int) -> None:
         c = self.config
@@ -228,6 +269,9 @@ class BigramLanguageModel(LanguageModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # a bigram looks at one token, so cached decoding (input_pos) needs no cache at all
         return self._logits_and_loss(idx, self.token_embedding_table, targets)
+
+    def token_embeddings(self) -> torch.Tensor:
+        return self.token_embedding_table.weight
 
 
 MODELS = {"gpt": GPT, "bigram": BigramLanguageModel}

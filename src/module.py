@@ -14,7 +14,8 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from src.callbacks import TokensPerSecond
+from src.board import Embeddings, RunSummary
+from src.callbacks import Throughput
 from src.checkpoint import mark
 from src.errors import UserError
 from src.model import LanguageModel, build_model
@@ -117,8 +118,8 @@ class CharGPT(L.LightningModule):
             self._compiled = True
 
     def configure_callbacks(self) -> list[L.Callback]:
-        # with any Trainer: the RNG state that exact resumption needs, and the throughput log
-        return [RNGState(), TokensPerSecond()]
+        # with any Trainer: the RNG state that exact resumption needs, and what TensorBoard shows of the run
+        return [RNGState(), Throughput(), RunSummary(), Embeddings()]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from src.board import AttentionMaps
 from src.callbacks import SampleText
 from src.checkpoint import load_checkpoint
 from src.data import CharDataModule
@@ -44,6 +45,7 @@ class ChargptCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
+        parser.add_lightning_class_args(AttentionMaps, "attention")
         # block_size and the tokenizer are given once, under data, and reach the model; the vocabulary reaches it
         # in CharGPT.setup, once prepare_data has encoded the corpus
         parser.link_arguments("data.block_size", "model.block_size")
@@ -62,9 +64,11 @@ class ChargptCLI(LightningCLI):
         trainer = config.trainer
         if trainer.logger in (None, True):
             trainer.logger = {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "class_path": "src.board.TensorBoard",
                 "init_args": {"save_dir": LOG_ROOT, "name": config.run_name, "version": "", "default_hp_metric": False},
             }
+        if trainer.enable_progress_bar is None:  # the redrawn bar on a terminal, plain log lines in a file
+            trainer.enable_progress_bar = sys.stdout.isatty()
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
         if config.last_checkpoint.dirpath is None:
@@ -93,7 +97,11 @@ class ChargptCLI(LightningCLI):
             else:
                 raise UserError(f"--ckpt_path last: there is no {last}; pick the run with --run_name")
         if ckpt_path:
-            load_checkpoint(ckpt_path)  # refuses missing, corrupt, unsafe and foreign files with a clear message
+            step = load_checkpoint(ckpt_path)["global_step"]  # refuses missing, corrupt, unsafe and foreign files
+            logger = config.trainer.logger
+            if subcommand == "fit" and isinstance(logger, dict) and logger["class_path"] == "src.board.TensorBoard":
+                # what the interrupted run logged after its checkpoint is dropped: each step appears once
+                logger["init_args"]["purge_step"] = step + 1
         elif subcommand == "fit" and last.exists():
             raise UserError(
                 f"run {config.run_name!r} already has {last}: resume it with --ckpt_path last, or "
@@ -135,6 +143,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
             "check_val_every_n_epoch": None,  # validate every val_check_interval steps, not per epoch
             "log_every_n_steps": 50,
             "gradient_clip_val": 1.0,
+            "enable_progress_bar": None,  # settled by the CLI: a bar on a terminal, plain lines otherwise
             "precision": None,  # settled by the CLI: bf16-mixed where the GPU supports it, else 32-bit
         },
     )
