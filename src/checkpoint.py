@@ -12,6 +12,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,41 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, Tokenize
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
     return model.eval(), tokenizer
+
+
+def init_from_checkpoint(model: LanguageModel, tokenizer: Tokenizer, path: str | Path) -> str:
+    """Copy a checkpoint's weights into ``model`` (same architecture, any vocabulary of the same tokenizer kind):
+    rows of tokens both vocabularies hold are carried over by character, the others keep their initialisation.
+    Returns what was done, in a sentence."""
+    source, source_tokenizer = model_from_checkpoint(load_checkpoint(path))
+    flag = f"--model.init_from {path}"
+    if source_tokenizer.kind != tokenizer.kind:
+        raise UserError(f"{flag} uses the {source_tokenizer.kind} tokenizer, this run {tokenizer.kind}: use the same")
+    mismatch = [
+        f"{f.name} {getattr(source.config, f.name)} vs {getattr(model.config, f.name)}"
+        for f in fields(model.config)
+        if f.name not in ("vocab_size", "dropout") and getattr(source.config, f.name) != getattr(model.config, f.name)
+    ]
+    if type(source) is not type(model) or mismatch:
+        raise UserError(f"{flag} is another architecture ({', '.join(mismatch) or type(source).__name__}): match it")
+    old = {token: i for i, token in enumerate(source_tokenizer.vocab)}
+    pairs = [(i, old[token]) for i, token in enumerate(tokenizer.vocab) if token in old]
+    new_ids, old_ids = (torch.tensor(ids, dtype=torch.long) for ids in zip(*pairs)) if pairs else (None, None)
+    target = model.state_dict()
+    with torch.no_grad():
+        for name, weights in source.state_dict().items():
+            axes = model.vocab_axes.get(name, ())
+            if not axes:
+                target[name].copy_(weights)
+            elif new_ids is not None:
+                rows = weights.index_select(axes[0], old_ids)
+                if len(axes) == 2:  # a token-by-token table: both axes are ids
+                    rows = rows.index_select(axes[1], old_ids)
+                    target[name].index_put_((new_ids[:, None], new_ids[None, :]), rows)
+                else:
+                    target[name].index_copy_(axes[0], new_ids, rows)
+    fresh = tokenizer.vocab_size - len(pairs)
+    return (
+        f"initialised from {path}: every weight, with {len(pairs)} of this vocabulary's {tokenizer.vocab_size} "
+        f"tokens carried over by character and {fresh} new ones freshly initialised"
+    )

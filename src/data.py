@@ -20,7 +20,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from src.corpus import SHAKESPEARE_FILE, SHAKESPEARE_SHA256, SHAKESPEARE_URL, corpus_files, ensure_shakespeare
+from src.corpus import (
+    SHAKESPEARE_FILE,
+    SHAKESPEARE_SHA256,
+    SHAKESPEARE_URL,
+    corpus_files,
+    ensure_shakespeare,
+    read_text,
+)
 from src.errors import UserError
 from src.token_cache import Tokens, load_tokens
 from src.tokenizer import Tokenizer, make_tokenizer
@@ -76,6 +83,37 @@ class FixedBatches(Dataset):
         return self.x[i], self.y[i]
 
 
+class ScoredWindows(Dataset):
+    """Windows over ``ids`` that score every prediction (each token from the ones before it) exactly once: a
+    window of up to ``block_size`` tokens starts every ``stride`` tokens and scores only the predictions that the
+    window before it did not, so each has at least ``block_size - stride`` tokens of context (all that fit, at
+    ``stride`` 1; ``stride == block_size`` is non-overlapping windows, the fast option). Targets that are not
+    scored, or pad the last window, are -100, which cross-entropy ignores."""
+
+    def __init__(self, ids: torch.Tensor, block_size: int, stride: int) -> None:
+        self.ids, self.block_size = ids, block_size
+        predictions = len(ids) - 1
+        self.windows, end = [], 0  # (start, first scored position) of each window
+        for start in range(0, predictions, stride):
+            stop = min(start + block_size, predictions)
+            self.windows.append((start, end))
+            end = stop
+            if stop == predictions:
+                break
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> Batch:
+        start, scored_from = self.windows[i]
+        chunk = self.ids[start : start + self.block_size + 1].long()
+        x = torch.zeros(self.block_size, dtype=torch.long)
+        y = torch.full((self.block_size,), -100, dtype=torch.long)
+        x[: len(chunk) - 1], y[: len(chunk) - 1] = chunk[:-1], chunk[1:]
+        y[: scored_from - start] = -100
+        return x, y
+
+
 class CharDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -90,6 +128,8 @@ class CharDataModule(L.LightningDataModule):
         seed: int = 1337,
         val_seed: int = 0,
         num_workers: int = 0,
+        test_path: str | None = None,
+        test_stride: int | None = None,
         url: str = SHAKESPEARE_URL,
         sha256: str = SHAKESPEARE_SHA256,
     ) -> None:
@@ -109,6 +149,11 @@ class CharDataModule(L.LightningDataModule):
             seed: seed of the training stream (each rank derives its own stream from it).
             val_seed: seed of the validation blocks; keep it fixed so losses compare across runs.
             num_workers: DataLoader worker processes; 0 is fastest here, a batch is one gather.
+            test_path: the text ``test`` scores (a file, folder or glob, in the model's vocabulary); by default the
+                validation split, all of it.
+            test_stride: how far apart ``test``'s windows start; every character is scored once with at least
+                block_size - test_stride characters of context (1: all of them; block_size: the fastest). By
+                default block_size // 2.
             url: where tiny-shakespeare is downloaded from.
             sha256: the checksum a download must match.
         """
@@ -122,6 +167,8 @@ class CharDataModule(L.LightningDataModule):
             problems.append(f"train_fraction must be between 0 and 1, got {train_fraction}")
         if num_workers < 0:
             problems.append(f"num_workers must be 0 or more, got {num_workers}")
+        if test_stride is not None and not 1 <= test_stride <= block_size:
+            problems.append(f"test_stride must be between 1 and block_size ({block_size}), got {test_stride}")
         if problems:
             raise UserError("invalid data settings: " + "; ".join(f"--data.{p}" for p in problems))
         self.save_hyperparameters()
@@ -191,6 +238,18 @@ class CharDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, 0)
+
+    def test_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        ids = self.val_data
+        if hp.test_path is not None:
+            text = "".join(read_text(path) for path in corpus_files(hp.test_path))
+            try:
+                ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+            except UserError as err:
+                raise UserError(f"--data.test_path {hp.test_path} has {err}") from None
+        windows = ScoredWindows(ids, hp.block_size, hp.test_stride or max(hp.block_size // 2, 1))
+        return DataLoader(windows, batch_size=hp.batch_size, num_workers=hp.num_workers)
 
     def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if self.trainer is not None and self.trainer.training:

@@ -17,6 +17,7 @@ import torch
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.errors import UserError
+from src.pretrained import from_pretrained, is_pretrained
 from src.sampling import CACHE_MODES, check_sampling_args, generate_tokens, with_start_token
 
 SEPARATOR = "\n---------------\n"
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample text from a chargpt checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by `python -m src.train fit`")
+    parser.add_argument(
+        "--ckpt_path", required=True, help="a .ckpt written by `python -m src.train fit`, or a folder from src.export"
+    )
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", help="text the samples continue; empty starts from a newline")
     prompt.add_argument("--prompt_file", help="read the prompt from this UTF-8 file instead")
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "no cache), window (faster beyond the context window, approximate) or none",
     )
     parser.add_argument("--output", help="write the samples to this file instead of stdout")
+    parser.add_argument("--stop", help="end each sample where this text first appears in it (the text is left out)")
     return parser
 
 
@@ -91,7 +95,10 @@ def check_args(args: argparse.Namespace) -> None:
 def generate(args: argparse.Namespace) -> None:
     check_args(args)
     device = pick_device(args.device)
-    model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path, map_location=device))
+    if is_pretrained(args.ckpt_path):
+        model, tokenizer = from_pretrained(args.ckpt_path, device)
+    else:
+        model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path, map_location=device))
     try:
         ids = tokenizer.encode(read_prompt(args))
     except UserError as err:
@@ -111,11 +118,14 @@ def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device
         decode = tokenizer.stream_decoder()  # bytes of one character may come in several tokens
         out.write(decode(idx[0].tolist()))
         out.flush()
+        text = Held(out, args.stop)
         for token in generate_tokens(model, idx, args.max_new_tokens, generator=generator, **options):
-            out.write(decode(token[0].tolist()))
-            out.flush()
             produced += 1
-        out.write(decode([], final=True))
+            if text.write(decode(token[0].tolist())):
+                break
+        else:
+            text.write(decode([], final=True))
+        text.close()
     out.write("\n")
     out.flush()
     seconds = time.perf_counter() - started
@@ -123,6 +133,32 @@ def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device
         f"generated {produced} tokens in {seconds:.2f} s ({produced / seconds:.0f} tokens/s) on {device}",
         file=sys.stderr,
     )
+
+
+class Held:
+    """Streams a sample's text to ``out``, holding back just enough to cut it where ``stop`` first appears."""
+
+    def __init__(self, out: TextIO, stop: str | None) -> None:
+        self.out, self.stop, self.pending = out, stop or "", ""
+
+    def write(self, text: str) -> bool:
+        """Write what is safe to show; True once ``stop`` has appeared (nothing from it on is written)."""
+        self.pending += text
+        if self.stop and self.stop in self.pending:
+            self.pending = self.pending[: self.pending.index(self.stop)]
+            self.close()
+            return True
+        keep = len(self.stop) - 1 if self.stop else 0  # a stop string may be arriving in pieces
+        cut = max(len(self.pending) - keep, 0)
+        shown, self.pending = self.pending[:cut], self.pending[cut:]
+        self.out.write(shown)
+        self.out.flush()
+        return False
+
+    def close(self) -> None:
+        self.out.write(self.pending)
+        self.out.flush()
+        self.pending = ""
 
 
 def main(argv: list[str] | None = None) -> None:

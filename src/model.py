@@ -154,6 +154,7 @@ class LanguageModel(nn.Module):
     decodes with."""
 
     config: GPTConfig
+    vocab_axes: dict[str, tuple[int, ...]] = {}  # state-dict entries indexed by token id, and along which axes
 
     def _logits_and_loss(
         self, x: torch.Tensor, head: nn.Module, targets: torch.Tensor | None
@@ -183,6 +184,8 @@ class LanguageModel(nn.Module):
 
 
 class GPT(LanguageModel):
+    vocab_axes = {"transformer.wte.weight": (0,), "lm_head.weight": (0,), "lm_head.bias": (0,)}
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
@@ -258,6 +261,8 @@ class GPT(LanguageModel):
 
 class BigramLanguageModel(LanguageModel):
     """The lecture's baseline: each token reads the logits of the next one straight from a table."""
+
+    vocab_axes = {"token_embedding_table.weight": (0, 1)}
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()

@@ -8,15 +8,17 @@ is built in ``setup``, from the data module's prepared corpus.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
+from torch.nn import functional as F
+from torchmetrics import MeanMetric, SumMetric
 
 from src.board import Embeddings, RunSummary
 from src.callbacks import Throughput
-from src.checkpoint import mark
+from src.checkpoint import init_from_checkpoint, mark
 from src.errors import UserError
 from src.model import LanguageModel, build_model
 from src.optim import adamw, warmup_cosine
@@ -45,6 +47,7 @@ class CharGPT(L.LightningModule):
         beta1: float = 0.9,
         beta2: float = 0.99,
         compile: bool = False,
+        init_from: str | None = None,
     ) -> None:
         """GPT (or the bigram model) trained with AdamW and warmup + cosine decay.
 
@@ -67,6 +70,8 @@ class CharGPT(L.LightningModule):
             beta1: AdamW beta1.
             beta2: AdamW beta2.
             compile: compile the model in place with torch.compile.
+            init_from: a checkpoint whose weights a new fit starts from (fine-tuning): the same architecture, any
+                corpus; optimizer, schedule and step count start afresh.
         """
         super().__init__()
         if vocab == "":
@@ -86,6 +91,7 @@ class CharGPT(L.LightningModule):
         self.model: LanguageModel | None = None
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()
+        self.test_nll, self.test_chars = SumMetric(), SumMetric()
         self._compiled = False
         if vocab is not None:
             self.build_network(vocab)
@@ -101,6 +107,10 @@ class CharGPT(L.LightningModule):
         data = self.trainer.datamodule
         if self.model is None:
             self.build_network(data.vocab)
+            if self.hparams.init_from and stage == "fit" and self.trainer.ckpt_path is None:  # not when resuming
+                done = init_from_checkpoint(self.model, self.tokenizer, self.hparams.init_from)
+                if self.trainer.is_global_zero:
+                    print(f"chargpt: {done}", file=sys.stderr, flush=True)
         elif data is not None:  # e.g. the CLI built the module from a checkpoint's hyper-parameters
             self._check_vocab(self.hparams.vocab, data.vocab)
 
@@ -140,6 +150,20 @@ class CharGPT(L.LightningModule):
         self.val_loss.reset()
         self.log("val_loss", loss, prog_bar=True)
         self.log("val_bpc", loss / math.log(2))
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch  # y is -100 where a window does not score (see CharDataModule.test_dataloader)
+        logits, _ = self.model(x, y)
+        nll = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), reduction="sum")
+        self.test_nll.update(nll)
+        self.test_chars.update((y != -100).sum())
+
+    def on_test_epoch_end(self) -> None:
+        nll, chars = self.test_nll.compute(), self.test_chars.compute()  # synced across ranks
+        self.test_nll.reset()
+        self.test_chars.reset()
+        loss = nll / chars
+        self.log_dict({"test_loss": loss, "test_bpc": loss / math.log(2), "test_chars": chars.float()})
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

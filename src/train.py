@@ -25,12 +25,19 @@ from src.errors import UserError
 from src.last_checkpoint import LastCheckpoint, TrainingInterrupted
 from src.module import CharGPT
 
-LOG_ROOT = "lightning_logs"
+LOG_ROOT = "lightning_logs"  # the default of --trainer.default_root_dir
 
 
 class ChargptCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # predict has nothing to predict here: per-character losses are what `test` reports
+        return {name: args for name, args in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--run_name", default="chargpt", help="the run's folder under lightning_logs/")
+        parser.add_argument(
+            "--run_name", default="chargpt", help="the run's folder under --trainer.default_root_dir (lightning_logs)"
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -60,12 +67,20 @@ class ChargptCLI(LightningCLI):
 
     def _settle_defaults(self, config, subcommand: str) -> None:
         """The run's logger, checkpoint folders and precision, unless the config gives them; bad values refused."""
-        run_dir = Path(LOG_ROOT) / config.run_name
         trainer = config.trainer
+        root = trainer.default_root_dir or LOG_ROOT
+        run_dir = Path(root) / config.run_name
         if trainer.logger in (None, True):
+            # validate and test log into a folder of their own, so the training run's files are never touched
+            version = "" if subcommand == "fit" else subcommand
             trainer.logger = {
                 "class_path": "src.board.TensorBoard",
-                "init_args": {"save_dir": LOG_ROOT, "name": config.run_name, "version": "", "default_hp_metric": False},
+                "init_args": {
+                    "save_dir": root,
+                    "name": config.run_name,
+                    "version": version,
+                    "default_hp_metric": False,
+                },
             }
         if trainer.enable_progress_bar is None:  # the redrawn bar on a terminal, plain log lines in a file
             trainer.enable_progress_bar = sys.stdout.isatty()
@@ -85,7 +100,7 @@ class ChargptCLI(LightningCLI):
 
     def _settle_ckpt_path(self, config, subcommand: str) -> None:
         """Resolve ``--ckpt_path last``; refuse a bad checkpoint, or a new fit over a run that has one."""
-        run_dir = Path(LOG_ROOT) / config.run_name
+        run_dir = Path(config.trainer.default_root_dir or LOG_ROOT) / config.run_name
         last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
@@ -96,6 +111,8 @@ class ChargptCLI(LightningCLI):
                 config.ckpt_path = ckpt_path = None
             else:
                 raise UserError(f"--ckpt_path last: there is no {last}; pick the run with --run_name")
+        if subcommand == "test" and not ckpt_path:
+            raise UserError("test scores a trained model: pass --ckpt_path (a .ckpt, or last for the run's newest)")
         if ckpt_path:
             step = load_checkpoint(ckpt_path)["global_step"]  # refuses missing, corrupt, unsafe and foreign files
             logger = config.trainer.logger

@@ -15,36 +15,6 @@ from tests.conftest import TINY_TEXT, bad_checkpoints, tiny_args
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fit")
-    (root / "tiny.txt").write_text(TINY_TEXT)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        train_main(
-            [
-                "fit",
-                "--data.path=tiny.txt",
-                "--data.block_size=16",
-                "--data.batch_size=4",
-                "--data.val_batches=2",
-                "--model.n_layer=1",
-                "--model.n_head=2",
-                "--model.n_embd=16",
-                "--trainer.max_steps=30",
-                "--trainer.val_check_interval=15",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false",
-                "--sample.every_n_steps=0",
-                "--run_name=g",
-            ]
-        )
-    finally:
-        os.chdir(cwd)
-    return root / "lightning_logs/g/checkpoints/last.ckpt"
-
-
 def generate(capsys, *args: str) -> tuple[str, str]:
     generate_main(list(args))
     captured = capsys.readouterr()

@@ -1,11 +1,13 @@
 """The training CLI end to end, on a tiny corpus and model, through `src.train.main` and real subprocesses."""
 
+import math
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,54 @@ def test_resuming_on_another_vocabulary_is_refused(workdir, tiny_corpus, capsys)
         main(["fit", *tiny_args(other, max_steps=20), "--ckpt_path=last"])
     assert exit_info.value.code == 2
     assert "trained on a vocabulary of" in capsys.readouterr().err
+
+
+def direct_bits_per_character(ckpt: Path, ids: list[int], context: Callable[[int], int]) -> tuple[float, int]:
+    """Each prediction p (ids[p + 1] from what precedes it) scored alone, with ids[context(p) : p + 1] as context."""
+    model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    nll = 0.0
+    for p in range(len(ids) - 1):
+        window = torch.tensor([ids[context(p) : p + 1]])
+        logits, _ = model(window, torch.zeros_like(window))
+        nll -= torch.log_softmax(logits[0, -1].double(), -1)[ids[p + 1]].item()
+    return nll / (len(ids) - 1) / math.log(2), len(ids) - 1
+
+
+@pytest.mark.parametrize("stride", [1, 16], ids=["sliding, full context", "non-overlapping"])
+def test_test_scores_every_validation_character_once(ckpt, workdir, tiny_corpus, stride):
+    main(["test", *tiny_args(tiny_corpus), f"--ckpt_path={ckpt}", f"--data.test_stride={stride}"])
+    tags = scalars(workdir / "lightning_logs/t/test")
+    text = tiny_corpus.read_text()
+    vocab = load_checkpoint(ckpt)["hyper_parameters"]["vocab"]
+    ids = [vocab.index(ch) for ch in text[int(0.9 * len(text)) :]]
+    context = (lambda p: max(0, p + 1 - 16)) if stride == 1 else (lambda p: p // 16 * 16)
+    bpc, chars = direct_bits_per_character(ckpt, ids, context)
+    assert tags["test_chars"][-1][1] == chars
+    assert tags["test_bpc"][-1][1] == pytest.approx(bpc, rel=1e-5)
+    assert tags["test_loss"][-1][1] == pytest.approx(bpc * math.log(2), rel=1e-5)
+
+
+def test_test_and_predict_never_traceback(workdir, tiny_corpus, capsys):
+    for args, message in (
+        (["test", *tiny_args(tiny_corpus)], "test scores a trained model: pass --ckpt_path"),
+        (["predict", *tiny_args(tiny_corpus)], "invalid choice: 'predict'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+def test_default_root_dir_moves_every_output_and_evaluations_leave_the_run_alone(workdir, tiny_corpus):
+    root = ["--trainer.default_root_dir=runs"]
+    main(["fit", *tiny_args(tiny_corpus), *root])
+    run = workdir / "runs" / "t"
+    assert (run / "checkpoints" / "last.ckpt").exists() and (run / "config.yaml").exists()
+    assert list(run.glob("events.out.tfevents.*")) and not (workdir / "lightning_logs").exists()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for subcommand in ("validate", "test"):
+        main([subcommand, *tiny_args(tiny_corpus), *root, "--ckpt_path=last"])
+        assert (run / subcommand / "config.yaml").exists()
+    assert {p: p.read_bytes() for p in before} == before  # the training run's files, untouched
+    assert not (workdir / "lightning_logs").exists()

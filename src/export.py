@@ -1,0 +1,81 @@
+"""Export a checkpoint for use outside this repository: ``python -m src.export --ckpt_path CKPT --out DIR``.
+
+DIR gets ``model.safetensors`` and ``config.json`` (``src.pretrained``; ``src.generate --ckpt_path DIR`` reads them)
+and ``model.onnx``: the uncached forward, ``idx`` (batch, time) int64 -> ``logits`` (batch, time, vocab), with
+dynamic batch and time (up to block_size), for ONNX Runtime and friends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.errors import UserError
+from src.model import LanguageModel
+from src.pretrained import save_pretrained
+
+
+class AllLogits(nn.Module):
+    """The model's logits at every position: what ONNX users score or sample from."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        # targets make forward return every position's logits; the loss it also computes is dropped
+        logits, _ = self.model(idx, torch.zeros_like(idx))
+        return logits
+
+
+def export_onnx(model: LanguageModel, path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise UserError("model.onnx needs the onnx and onnxscript packages: pip install onnx onnxscript") from None
+    wrapper = AllLogits(model).eval()
+    idx = torch.zeros(2, min(8, model.config.block_size), dtype=torch.long)
+    batch = torch.export.Dim("batch")
+    time = torch.export.Dim("time", max=model.config.block_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            (idx,),
+            dynamic_shapes=({0: batch, 1: time},),
+            input_names=["idx"],
+            output_names=["logits"],
+            dynamo=True,
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by `python -m src.train fit`")
+    parser.add_argument("--out", required=True, help="the folder to write (created if missing)")
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True, help="also write model.onnx")
+    args = parser.parse_args(argv)
+    try:
+        model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path))
+        out = Path(args.out)
+        save_pretrained(model, tokenizer, out)
+        written = ["model.safetensors", "config.json"]
+        if args.onnx:
+            export_onnx(model, out / "model.onnx")
+            written.append("model.onnx")
+    except UserError as err:
+        print(f"chargpt export: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {', '.join(written)} to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
