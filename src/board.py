@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
@@ -26,6 +27,23 @@ class TensorBoard(TensorBoardLogger):
         metrics = {name: value for name, value in metrics.items() if name != "epoch"}
         if metrics:
             super().log_metrics(metrics, step)
+
+
+class LearningRates(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, idle in a run without a logger (``--trainer.logger false``) instead of
+    stopping it with an error."""
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 def tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:

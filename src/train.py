@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from src.board import AttentionMaps
+from src.board import AttentionMaps, LearningRates
 from src.callbacks import SampleText
 from src.checkpoint import load_checkpoint
 from src.data import CharDataModule
@@ -49,7 +49,7 @@ class ChargptCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(LearningRates, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
         parser.add_lightning_class_args(AttentionMaps, "attention")

@@ -109,3 +109,8 @@ def test_a_terminal_gets_the_progress_bar_and_no_plain_lines(workdir, tiny_corpu
     assert done.returncode == 0, out[-3000:]
     assert "\r" in out and "it/s" in out  # the redrawn bar
     assert not re.search(r"^step \d+/20 \|", out, re.MULTILINE)
+
+
+def test_a_run_without_a_logger_trains(workdir, tiny_corpus):
+    main(["fit", *tiny_args(tiny_corpus, max_steps=12), "--trainer.logger=false"])  # used to stop at train start
+    assert (workdir / "lightning_logs/t/checkpoints/last.ckpt").exists()
