@@ -21,7 +21,7 @@ from src.callbacks import Throughput
 from src.checkpoint import init_from_checkpoint, mark
 from src.errors import UserError
 from src.model import LanguageModel, build_model
-from src.optim import adamw, warmup_cosine
+from src.optim import MuonAdamW, adamw, hidden_matrices, warmup_cosine
 from src.rng import RNGState
 from src.sampling import generate
 from src.tokenizer import Tokenizer, make_tokenizer
@@ -46,6 +46,7 @@ class CharGPT(L.LightningModule):
         weight_decay: float = 0.1,
         beta1: float = 0.9,
         beta2: float = 0.99,
+        optimizer: Literal["adamw", "muon"] = "adamw",
         compile: bool = False,
         init_from: str | None = None,
     ) -> None:
@@ -69,6 +70,8 @@ class CharGPT(L.LightningModule):
             weight_decay: AdamW weight decay of matrices and embeddings (never of biases and norms).
             beta1: AdamW beta1.
             beta2: AdamW beta2.
+            optimizer: "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for embeddings, the output
+                layer, norms and biases, one learning rate and schedule for both.
             compile: compile the model in place with torch.compile.
             init_from: a checkpoint whose weights a new fit starts from (fine-tuning): the same architecture, any
                 corpus; optimizer, schedule and step count start afresh.
@@ -171,7 +174,8 @@ class CharGPT(L.LightningModule):
         # as the fused AdamW does: fall back to the foreach kernel there
         mixed = str(self.trainer.precision).endswith("mixed")
         fused = not (mixed and self.trainer.gradient_clip_val)
-        optimizer = adamw(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
+        build = MuonAdamW if hp.optimizer == "muon" and hidden_matrices(self.model) else adamw
+        optimizer = build(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
         total = hp.lr_decay_steps or self.trainer.max_steps
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

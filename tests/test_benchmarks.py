@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16"]
@@ -47,3 +49,13 @@ def test_bench_data_prints_the_generated_corpus_figures(shakespeare):
     assert re.search(r"cached start-up: [\d.]+ s", out)
     for kind in ("tiny-shakespeare", "corpus, cold cache", "corpus, warm cache"):
         assert re.search(kind + r" +[\d.]+ s \([\d.]+x\) +peak [\d,]+ MiB", out), kind
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared/reference/nanogpt/run_recipe.sh").exists(), reason="no nanoGPT here")
+def test_bench_speedrun_prints_both_sides_and_the_ratio(shakespeare):
+    quick = ["--nanogpt_args=--max_iters=10 --eval_interval=5"]
+    quick += ["--chargpt_args=--trainer.max_steps=10 --trainer.val_check_interval=5"]
+    out = run("bench_speedrun.py", "--pairs", "1", *quick)
+    assert re.search(r"nanoGPT recipe +[\d.]+ s +val loss reached: [\d.]+", out)
+    assert re.search(r"configs/speedrun_cpu.yaml +[\d.]+ s +val loss reached: [\d.]+", out)
+    assert re.search(r"ratio chargpt/nanoGPT: \d+\.\d\d", out)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from src.model import GPT, GPTConfig
-from src.optim import adamw, param_groups, warmup_cosine
+from src.optim import MuonAdamW, adamw, param_groups, warmup_cosine
 
 
 def model() -> GPT:
@@ -53,3 +53,33 @@ def test_optimizer_state_dict_is_plain_data(tmp_path):
     scheduler = warmup_cosine(optimizer, 5, 50, 1e-4)
     torch.save({"opt": optimizer.state_dict(), "sched": scheduler.state_dict()}, tmp_path / "s.pt")
     torch.load(tmp_path / "s.pt", weights_only=True)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
+    m = model()
+    optimizer = MuonAdamW(m, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), fused=True)
+    muon = [p for g in optimizer.muon.param_groups for p in g["params"]]
+    other = [p for g in optimizer.adamw.param_groups for p in g["params"]]
+    assert sorted(map(id, muon + other)) == sorted(id(p) for p in m.parameters())  # each exactly once
+    assert all(p.dim() == 2 for p in muon) and len(muon) == 4 * 2  # c_attn, c_proj, c_fc, c_proj per block
+    embeddings = {id(m.transformer.wte.weight), id(m.transformer.wpe.weight), id(m.lm_head.weight)}
+    assert embeddings <= set(map(id, other))
+    assert [g["name"] for g in optimizer.param_groups] == ["muon", "decay", "no_decay"]
+    scheduler = warmup_cosine(optimizer, 5, 50, 1e-4)  # one schedule for both
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+    assert all(g["lr"] == pytest.approx(1e-4) for g in optimizer.param_groups)
+
+
+def test_muon_state_round_trips_as_plain_data(tmp_path):
+    m = model()
+    optimizer = MuonAdamW(m, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), fused=True)
+    m(torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))[1].backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "s.pt")
+    again = MuonAdamW(m, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), fused=True)
+    again.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert again.muon.state_dict()["state"].keys() == optimizer.muon.state_dict()["state"].keys()
+    again.param_groups[0]["lr"] = 0.5  # what a scheduler does after a resume reaches the optimizer that steps
+    assert again.muon.param_groups[0]["lr"] == 0.5

@@ -60,8 +60,10 @@ def final_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus):
-    schedule = ["--model.lr_decay_steps=40"]  # the same schedule whether or not the run is stopped
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer):
+    # the same schedule whether or not the run is stopped
+    schedule = ["--model.lr_decay_steps=40", f"--model.optimizer={optimizer}"]
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *schedule, "--ckpt_path=last"])
@@ -253,3 +255,13 @@ def test_default_root_dir_moves_every_output_and_evaluations_leave_the_run_alone
         assert (run / subcommand / "config.yaml").exists()
     assert {p: p.read_bytes() for p in before} == before  # the training run's files, untouched
     assert not (workdir / "lightning_logs").exists()
+
+
+def test_a_val_loss_threshold_ends_fit_and_saves_last_checkpoint(workdir, tiny_corpus):
+    """configs/speedrun_cpu.yaml stops at nanoGPT's loss with EarlyStopping(stopping_threshold=...)."""
+    stop = "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping"
+    threshold = ["--trainer.callbacks.monitor=val_loss", "--trainer.callbacks.stopping_threshold=100"]
+    main(["fit", *tiny_args(tiny_corpus, max_steps=100), stop, *threshold])  # any loss is below 100
+    ckpt = torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 10  # the first validation, not max_steps
+    assert len(scalars(workdir / "lightning_logs" / "t")["val_loss"]) == 1
