@@ -80,12 +80,11 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
         for key, (bf16, tf32) in GPU_PEAKS.items():
             if key in name:
                 return (bf16 if low else tf32), f"{name} datasheet, {'bf16' if low else 'tf32'} dense"
-    # 2048^2: smaller matmuls stay further below the peak the model's own matmuls reach; best of 3, as a busy
-    # neighbour only ever makes a run slower
-    dtype, n = (torch.bfloat16 if low else torch.float32), 2048
+    # best of 8: a busy neighbour only ever makes a matmul slower, and one slow reading inflated MFU past 100%
+    dtype, n = (torch.bfloat16 if low else torch.float32), 1024
     a = b = torch.full((n, n), 0.5, dtype=dtype, device=device)  # not randn: the global RNG is the run's
     best = math.inf
-    for _ in range(3):
+    for _ in range(8):
         start = time.perf_counter()
         a @ b
         if device.type == "cuda":
