@@ -78,6 +78,12 @@ def load_tokens(files: list[Path], tokenizer: str, cache_dir: str | Path, strict
     meta = json.loads(manifest.read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise UserError(f"{manifest} is from another chargpt version: delete {stem.parent} to encode again")
+    if meta["skipped"]:  # every run says so, and --data.strict refuses a cache made without it
+        count, shown = len(meta["skipped"]), ", ".join(meta["skipped"][:10])
+        shown += f" and {count - 10} more" if count > 10 else ""
+        if strict:
+            raise UserError(f"--data.strict: {count} corpus file(s) are not UTF-8: {shown}; convert them with iconv")
+        print(f"chargpt: warning: skipped {count} file(s) that are not UTF-8: {shown}", file=sys.stderr)
     # copy-on-write: a writable array for torch, while the file itself is never written
     ids = np.memmap(stem.with_suffix(".bin"), dtype=meta["dtype"], mode="c", shape=(meta["tokens"],))
     return Tokens(torch.from_numpy(ids), meta["vocab"], meta["skipped"])
@@ -88,7 +94,7 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool) -> None:
     to write the ids. Each pass works on segments of the files, in a pool of processes as wide as the machine."""
     started = time.monotonic()
     tasks = [(path, start, end, tokenizer) for path in files for start, end in segments(path)]
-    kept, skipped, present = [], set(), np.zeros(UNICODE, dtype=bool)  # present: which code points occur
+    skipped, present = set(), np.zeros(UNICODE, dtype=bool)  # present: which code points occur
     counts: dict[tuple[Path, int], int] = {}  # tokens of each segment
     progress = Progress("reading the corpus", sum(f.stat().st_size for f in files))
     for (path, start, end, _), (tokens, found, error) in zip(tasks, parallel_map(scan, tasks)):
@@ -106,10 +112,6 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool) -> None:
     kept = [path for path in files if path not in skipped]
     if not kept:
         raise UserError(f"no UTF-8 text among the {len(files)} corpus files ({', '.join(map(str, files[:5]))}...)")
-    skipped = [str(path) for path in files if path in skipped]
-    if skipped:
-        shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        print(f"chargpt: warning: skipped {len(skipped)} file(s) that are not UTF-8: {shown}", file=sys.stderr)
     if sum(counts[path, start] for path, start, *_ in tasks if path not in skipped) == 0:
         raise UserError(f"the corpus ({len(kept)} file(s) from --data.path) holds no text: pass non-empty files")
     if len(kept) > 1:
@@ -147,7 +149,7 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool) -> None:
             progress.advance(end - start)
         os.replace(tmp, stem.with_suffix(".bin"))
         meta = {"format": FORMAT, "tokenizer": tokenizer, "dtype": dtype.name, "tokens": offset, "vocab": vocab}
-        meta |= {"files": [str(p) for p in kept], "skipped": skipped}
+        meta |= {"files": [str(p) for p in kept], "skipped": [str(p) for p in files if p in skipped]}
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
         os.replace(tmp, stem.with_suffix(".json"))  # last: from here on the cache counts
