@@ -1,57 +1,131 @@
-"""Generation tokens/s with and without the KV cache, from the lecture-size model (random weights).
+"""Generation tokens/s against nanoGPT's own ``GPT.generate``, in one process, taking turns, medians.
 
-python benchmarks/bench_generate.py
-python benchmarks/bench_generate.py --n_layer 4 --n_head 4 --n_embd 128 --block_size 64   # another size
+python benchmarks/bench_generate.py                       # nanoGPT's CPU-recipe size, then the lecture model
+python benchmarks/bench_generate.py --size lecture --repeats 3
+python benchmarks/bench_generate.py --n_layer 2 --n_head 2 --n_embd 64 --block_size 32   # any other size
+
+Both models are randomly initialised at the same size (vocabulary 65); batch 1, ``--new_tokens`` from a one-token
+prompt, temperature 0.8, top_k 200. nanoGPT's side is its unmodified model.py from ../shared/reference/nanogpt
+(no cache: it reruns the last block_size tokens for every token). chargpt's rows: the ``exact`` cache eager and
+compiled, in float32 and, on CPUs that multiply bf16 natively, bfloat16 weights; and the approximate ``window``
+cache compiled. Also printed: the first token's latency, and with ``--ckpt_path`` the CLI's whole-process time.
 """
 
 import argparse
 import functools
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 from timing import alternating_medians  # a sibling module: this folder is on the path
 
+from src.decoding import generate
+from src.generate import cpu_has_bf16
 from src.model import GPT, GPTConfig
-from src.sampling import generate as sample
 
-CACHES = ("exact", "window", "none")
+REPO = Path(__file__).resolve().parents[1]
+NANOGPT = REPO.parent / "shared" / "reference" / "nanogpt" / "model.py"
+SIZES = {
+    "recipe": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+    "lecture": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+}
+SAMPLING = dict(temperature=0.8, top_k=200)
 
 
-def generate(model, new_tokens: int, cache: str, device: str) -> None:
-    prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-    sample(model, prompt, new_tokens, generator=torch.Generator(device=device).manual_seed(0), cache=cache)
+def nanogpt_model(size: dict):
+    """nanoGPT's GPT at ``size``, or None when its files are not beside this checkout."""
+    if not NANOGPT.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("nanogpt_model", NANOGPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GPT(module.GPTConfig(vocab_size=65, dropout=0.0, bias=True, **size)).eval()
 
 
-def rates(model, new_tokens: int, device: str, repeats: int) -> dict[str, float]:
-    """Median tokens/s of each cache mode, the modes taking turns."""
-    runs = {cache: functools.partial(generate, model, new_tokens, cache, device) for cache in CACHES}
-    return {cache: new_tokens / s for cache, s in alternating_medians(runs, repeats).items()}
+def ours(model, new_tokens: int, **options) -> None:
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    generate(model, prompt, new_tokens, generator=torch.Generator().manual_seed(0), **SAMPLING, **options)
+
+
+def theirs(model, new_tokens: int) -> None:
+    with torch.no_grad():
+        model.generate(torch.zeros(1, 1, dtype=torch.long), new_tokens, **SAMPLING)
+
+
+def variants(bf16: bool, compile: bool) -> dict[str, dict]:
+    rows = {}
+    for dtype in (None, torch.bfloat16) if bf16 else (None,):
+        suffix = ", bf16" if dtype else ""
+        rows["exact, eager" + suffix] = {"dtype": dtype}
+        if compile:
+            rows["exact, compiled" + suffix] = {"compile": True, "dtype": dtype}
+            rows["window, compiled" + suffix] = {"compile": True, "dtype": dtype, "cache": "window"}
+    return rows
+
+
+def first_token_ms(model, options: dict, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours(model, 1, **options)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def bench(name: str, size: dict, a: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, dropout=0.0, **size)).eval()
+    reference = nanogpt_model(size)
+    rows = variants(a.bf16 and cpu_has_bf16(), not a.no_compile)
+    started = time.perf_counter()
+    for options in rows.values():
+        ours(model, size["block_size"] + 2, **options)  # compile (or load from the cache) both shapes
+    warmup = time.perf_counter() - started
+    runs = {label: functools.partial(ours, model, a.new_tokens, **options) for label, options in rows.items()}
+    if reference is not None:
+        runs["nanoGPT"] = functools.partial(theirs, reference, a.new_tokens)
+    rates = {label: a.new_tokens / s for label, s in alternating_medians(runs, a.repeats).items()}
+    print(f"{name}: {model.num_params():,} params, {a.new_tokens} new tokens, batch 1, median of {a.repeats}")
+    base = rates.get("nanoGPT")
+    for label, rate in rates.items():
+        ratio = f"  {rate / base:5.2f}x nanoGPT" if base and label != "nanoGPT" else ""
+        latency = f"  first token {first_token_ms(model, rows[label], 3):6.1f} ms" if label in rows else ""
+        print(f"  {label:24s} {rate:9,.0f} tok/s{ratio}{latency}")
+    print(f"  warm-up of the {len(rows)} variants (compilation, or loading it from the cache): {warmup:.1f} s")
+
+
+def cli_seconds(ckpt: str, extra: list[str]) -> float:
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "src.generate", f"--ckpt_path={ckpt}", "--max_new_tokens=500", *extra]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for name, default in (("n_layer", 6), ("n_head", 6), ("n_embd", 384), ("block_size", 256), ("new_tokens", 500)):
-        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--size", choices=[*SIZES, "both"], default="both")
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        p.add_argument(f"--{name}", type=int, help="a size of your own (all four)")
+    p.add_argument("--new_tokens", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no_compile", action="store_true", help="eager rows only")
+    p.add_argument("--no_bf16", dest="bf16", action="store_false", help="float32 rows only")
+    p.add_argument("--ckpt_path", help="also time `python -m src.generate` on this checkpoint, whole process")
     a = p.parse_args()
-    torch.manual_seed(0)
-    size = dict(block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd)
-    config = GPTConfig(vocab_size=65, **size, dropout=0.0)
-    model = GPT(config).to(a.device).eval()
-    generate(model, 20, "exact", a.device)  # warm up
-    inside = config.block_size - 1  # a one-token prompt plus this many new tokens fills the window exactly
-    print(
-        f"{a.n_layer}L/{a.n_head}H/{a.n_embd}, block {a.block_size} ({model.num_params():,} params) on {a.device}, "
-        f"{torch.get_num_threads()} threads, median of {a.repeats} runs"
-    )
-    rows = [(f"{inside} new tokens (inside the window)", inside), (f"{a.new_tokens} new tokens", a.new_tokens)]
-    for label, n in rows:
-        figures = rates(model, n, a.device, a.repeats)
-        print(
-            f"{label}: cached exact {figures['exact']:,.0f} tok/s, cached window {figures['window']:,.0f} tok/s, "
-            f"uncached {figures['none']:,.0f} tok/s; exact/uncached {figures['exact'] / figures['none']:.1f}x, "
-            f"window/uncached {figures['window'] / figures['none']:.1f}x"
-        )
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, bf16 CPU: {cpu_has_bf16()}")
+    custom = {k: getattr(a, k) for k in ("n_layer", "n_head", "n_embd", "block_size")}
+    if all(custom.values()):
+        bench("custom", custom, a)
+    else:
+        for name in SIZES if a.size == "both" else [a.size]:
+            bench(name, SIZES[name], a)
+    if a.ckpt_path:
+        for extra in ([], ["--compile"]):
+            times = sorted(cli_seconds(a.ckpt_path, extra) for _ in range(3))
+            print(f"CLI, 500 tokens, whole process {' '.join(extra) or '(eager)'}: {times[1]:.2f} s (median of 3)")
 
 
 if __name__ == "__main__":

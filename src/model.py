@@ -53,24 +53,20 @@ class GPTConfig:
 
 
 class KVCache(nn.Module):
-    """Keys and values of the tokens seen so far, for one attention layer; never part of a checkpoint."""
+    """Keys and values of one attention layer, preallocated for the whole window so that a decoding step has the
+    same shapes at every position (what ``torch.compile`` and CUDA graphs need); never part of a checkpoint."""
 
-    def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int) -> None:
+    def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int, dtype, device) -> None:
         super().__init__()
-        self.shape = (batch_size, n_head, max_len, head_size)
-        self.register_buffer("k", None, persistent=False)
-        self.register_buffer("v", None, persistent=False)
+        shape = (batch_size, n_head, max_len, head_size)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at positions input_pos.. and return all keys and values up to them."""
-        if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
-            # allocated on first use so the dtype follows autocast
-            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
-        end = input_pos + k.size(2)
-        self.k[:, :, input_pos:end] = k
-        self.v[:, :, input_pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at ``input_pos`` (T,) and return the whole cache, in k's dtype (autocast)."""
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k.to(k.dtype), self.v.to(v.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -97,30 +93,31 @@ class CausalSelfAttention(nn.Module):
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self._qkv(x)
-        mask, causal = None, True
         if input_pos is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
-            k, v = self.kv_cache.update(input_pos, k, v)
-            # is_causal aligns its mask top-left, so queries after a cached prefix need their own mask:
-            # query i (absolute position input_pos + i) sees keys 0..input_pos + i
-            if input_pos > 0:
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, input_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=input_pos)
-        if self.training and self.dropout > 0 and x.device.type == "cpu" and input_pos is None:
+            y = self._cached_attention(q, k, v, input_pos)
+        elif self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's fused CPU kernels refuse dropout; its fallback is slower and keeps far more for backward
             y = causal_attention_with_dropout(q, k, v, self.dropout, self.head_size**-0.5)
         else:
             p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=self.head_size**-0.5
-            )
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.head_size**-0.5)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _cached_attention(self, q, k, v, input_pos: torch.Tensor) -> torch.Tensor:
+        """Attention of the queries at ``input_pos`` over the whole cache (k, v written there first): the shapes
+        never change, and a mask lets the query at position p see the keys at 0..p (later slots hold stale or
+        zero entries). Written out rather than SDPA: for one query the fused kernel costs more than the
+        arithmetic, and ``torch.compile`` fuses the mask and softmax."""
+        if self.kv_cache is None:
+            raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
+        k, v = self.kv_cache.update(input_pos, k, v)
+        visible = torch.arange(k.size(2), device=q.device) <= input_pos[:, None]  # (T, block_size)
+        scores = (q @ k.transpose(-2, -1)) * self.head_size**-0.5
+        return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1) @ v
 
 
 class FeedForward(nn.Module):
@@ -144,7 +141,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), input_pos)
         return x + self.mlp(self.ln_2(x))
 
@@ -156,17 +153,41 @@ class LanguageModel(nn.Module):
     config: GPTConfig
     vocab_axes: dict[str, tuple[int, ...]] = {}  # state-dict entries indexed by token id, and along which axes
 
-    def _logits_and_loss(
-        self, x: torch.Tensor, head: nn.Module, targets: torch.Tensor | None
+    @property
+    def head(self) -> nn.Module:
+        """The layer that turns ``features`` into logits."""
+        raise NotImplementedError
+
+    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``head`` reads at each position of ``idx`` (B, T); ``input_pos`` as in ``forward``, as a tensor."""
+        raise NotImplementedError
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: int | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and the mean cross-entropy when ``targets`` are given; otherwise the logits of the
+        last position only (B, 1, V), all that sampling needs. ``input_pos`` (with a cache from ``setup_cache``)
+        is the position of ``idx[:, 0]``, or a tensor (T,) of the positions of all of ``idx``: tokens before them
+        are read from the cache."""
+        if isinstance(input_pos, int):
+            end = input_pos + idx.size(1)
+            if end > self.config.block_size:
+                raise ValueError(f"{end} positions do not fit in block_size {self.config.block_size}")
+            input_pos = torch.arange(input_pos, end, device=idx.device)
+        x = self.features(idx, input_pos)
         if targets is None:
-            # sampling needs only the next-token distribution: skip the head on every other position
-            return head(x[:, -1:]), None
-        logits = head(x)
+            return self.head(x[:, -1:]), None
+        logits = self.head(x)
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
-    def setup_cache(self, batch_size: int) -> None:
-        """Allocate what cached decoding (``forward(..., input_pos=...)``) needs; a no-op for stateless models."""
+    def next_logits(self, idx: torch.Tensor, input_pos: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The logits (B, V) after position ``last`` (a 0-d index into T) of ``idx`` (B, T) at ``input_pos`` (T,):
+        with ``last`` a tensor, prompts of any length can be padded to one shape."""
+        return self.head(self.features(idx, input_pos).index_select(1, last.view(1))[:, 0])
+
+    def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate what cached decoding (``forward(..., input_pos=...)``) needs, in ``dtype`` (the weights' by
+        default); a no-op for stateless models."""
 
     def clear_cache(self) -> None:
         """Drop the cache allocated by ``setup_cache``."""
@@ -213,24 +234,22 @@ class GPT(LanguageModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) and the mean cross-entropy when ``targets`` are given; otherwise the logits of the
-        last position only (B, 1, V). ``input_pos`` (with a cache from ``setup_cache``) is the position of
-        ``idx[:, 0]``: the tokens before it are read from the cache."""
-        B, T = idx.shape
-        start = input_pos or 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"{start + T} positions do not fit in block_size {self.config.block_size}")
-        x = self._embed(idx, start)
+    @property
+    def head(self) -> nn.Module:
+        return self.lm_head
+
+    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._embed(idx, input_pos)
         for block in self.transformer.h:
             x = block(x, input_pos)
-        return self._logits_and_loss(self.transformer.ln_f(x), self.lm_head, targets)
+        return self.transformer.ln_f(x)
 
-    def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        pos = torch.arange(start, start + idx.size(1), device=idx.device)
-        return self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+    def _embed(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        if input_pos is None:
+            if idx.size(1) > self.config.block_size:
+                raise ValueError(f"{idx.size(1)} positions do not fit in block_size {self.config.block_size}")
+            input_pos = torch.arange(idx.size(1), device=idx.device)
+        return self.transformer.wte(idx) + self.transformer.wpe(input_pos)  # (B, T, C)
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
@@ -249,10 +268,11 @@ class GPT(LanguageModel):
     def token_embeddings(self) -> torch.Tensor:
         return self.transformer.wte.weight
 
-    def setup_cache(self, batch_size: int) -> None:
-        c = self.config
+    def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> None:
+        c, weight = self.config, self.lm_head.weight
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size)
+            cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size, dtype or weight.dtype, weight.device)
+            block.attn.kv_cache = cache
 
     def clear_cache(self) -> None:
         for block in self.transformer.h:
@@ -269,11 +289,13 @@ class BigramLanguageModel(LanguageModel):
         self.config = config
         self.token_embedding_table = nn.Embedding(config.vocab_size, config.vocab_size)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # a bigram looks at one token, so cached decoding (input_pos) needs no cache at all
-        return self._logits_and_loss(idx, self.token_embedding_table, targets)
+    @property
+    def head(self) -> nn.Module:
+        return self.token_embedding_table
+
+    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        # the table reads the token itself, so cached decoding (input_pos) needs no cache at all
+        return idx
 
     def token_embeddings(self) -> torch.Tensor:
         return self.token_embedding_table.weight

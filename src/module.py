@@ -19,11 +19,11 @@ from torchmetrics import MeanMetric, SumMetric
 from src.board import Embeddings, RunSummary
 from src.callbacks import Throughput
 from src.checkpoint import init_from_checkpoint, mark
+from src.decoding import generate
 from src.errors import UserError
 from src.model import LanguageModel, build_model
 from src.optim import MuonAdamW, adamw, hidden_matrices, warmup_cosine
 from src.rng import RNGState
-from src.sampling import generate
 from src.tokenizer import Tokenizer, make_tokenizer
 
 

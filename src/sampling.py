@@ -1,31 +1,18 @@
-"""Sampling: argument checks, logit filters and the one token loop behind ``generate``, the callback and the CLI.
-The model only returns logits; generation imports the model, never the reverse.
+"""Sampling: argument checks, and how the next token is drawn from logits (``src.decoding`` runs the token loop).
 
 Filters apply in this order: top-k (clamped to the vocabulary), then temperature, then top-p (which always keeps
 the most likely token). ``temperature == 0`` is greedy decoding. Draws use a caller-supplied ``torch.Generator``,
 so sampling never moves the global RNG that training depends on.
-
-Cache modes, for text longer than the context window (``block_size``):
-- ``exact`` (default): the prompt fills the KV cache once, then each step feeds one token. Once the text outgrows
-  the window, every position shifts, so each step recomputes the last ``block_size`` tokens, exactly like the
-  lecture's ``idx[:, -block_size:]``.
-- ``window``: when the cache is full, refill it with the last ``block_size // 2`` tokens and go on one token at a
-  time. Much faster beyond the window, but the model then sees between half and all of the window.
-- ``none``: no cache; every step recomputes the last ``block_size`` tokens (the lecture's loop, for reference).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch.nn import functional as F
 
 from src.errors import UserError
-from src.model import LanguageModel
 
-CACHE_MODES = ("exact", "window", "none")
+CACHE_MODES = ("exact", "window", "none")  # see src.decoding
 START_TOKEN = 0  # what an empty prompt starts from: the newline in tiny-shakespeare, as in the lecture
 
 
@@ -76,14 +63,30 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_next(
+def exponential_noise(
+    batch_size: int, vocab_size: int, generator: torch.Generator | list[torch.Generator] | None, device
+) -> torch.Tensor:
+    """Exp(1) draws (B, V) for ``pick``: from one generator for the whole batch, or one generator per row, so
+    that a row of a batch draws what it would draw alone."""
+    noise = torch.empty(batch_size, vocab_size, device=device)
+    if isinstance(generator, (list, tuple)):
+        for row, g in zip(noise, generator, strict=True):
+            row.exponential_(generator=g)
+        return noise
+    return noise.exponential_(generator=generator)
+
+
+def pick(
     logits: torch.Tensor,
+    noise: torch.Tensor | None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One token id per row of ``logits`` (B, V), as (B, 1)."""
+    """One token id per row of ``logits`` (B, V), as (B, 1); ``noise`` from ``exponential_noise`` (None when
+    greedy). ``argmax(probs / noise)`` is how ``torch.multinomial`` draws one sample, so this draws the tokens that
+    ``torch.multinomial(probs, 1, generator=g)`` would, but with the randomness an input: a compiled step can
+    take it, and the generator stays outside the graph."""
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if temperature == 0:
@@ -91,52 +94,16 @@ def sample_next(
     logits = logits.float() / temperature
     if top_p is not None and top_p < 1:
         logits = top_p_filter(logits, top_p)
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+    return (F.softmax(logits, dim=-1) / noise).argmax(dim=-1, keepdim=True)
 
 
-@torch.inference_mode()
-def generate_tokens(
-    model: LanguageModel,
-    idx: torch.Tensor,
-    max_new_tokens: int,
+def sample_next(
+    logits: torch.Tensor,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    cache: str = "exact",
-) -> Iterator[torch.Tensor]:
-    """Yield ``max_new_tokens`` tokens (B, 1) that continue the prompt ``idx`` (B, T), one at a time.
-
-    An empty prompt starts from ``START_TOKEN``; a prompt longer than the context window is cropped to its last
-    ``block_size`` tokens. See the module docstring for ``cache``.
-    """
-    check_sampling_args(temperature, top_k, top_p, cache, max_new_tokens)
-    window = model.config.block_size
-    seq = with_start_token(idx)[:, -window:]
-    cached = 0  # tokens of seq held in the cache; 0 means refill it
-    # eager forward even when the model was compiled in place: decoding shapes change every step
-    forward = model.forward
-    if cache != "none":
-        model.setup_cache(seq.size(0))
-    try:
-        for _ in range(max_new_tokens):
-            if cache == "none":
-                logits, _ = forward(seq[:, -window:])
-            elif 0 < cached < window:
-                logits, _ = forward(seq[:, -1:], input_pos=cached)
-                cached += 1
-            else:
-                refill = seq[:, -(window // 2 or 1) :] if cache == "window" and cached else seq[:, -window:]
-                logits, _ = forward(refill, input_pos=0)
-                cached = refill.size(1)
-            token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-            seq = torch.cat([seq[:, -window:], token], dim=1)
-            yield token
-    finally:
-        model.clear_cache()
-
-
-def generate(model: LanguageModel, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
-    """The prompt ``idx`` (B, T) (``START_TOKEN`` if empty) followed by ``max_new_tokens`` sampled tokens: what
-    ``generate_tokens`` yields with the same ``options``, collected."""
-    return torch.cat([with_start_token(idx), *generate_tokens(model, idx, max_new_tokens, **options)], dim=1)
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """One token id per row of ``logits`` (B, V), as (B, 1): ``pick`` with fresh noise."""
+    noise = None if temperature == 0 else exponential_noise(*logits.shape, generator, logits.device)
+    return pick(logits, noise, temperature, top_k, top_p)

@@ -34,6 +34,14 @@ def test_samples_start_with_the_prompt_and_are_reproducible(ckpt, capsys):
     assert other != out
 
 
+def test_samples_are_one_batch_and_each_is_its_own_seed(ckpt, capsys):
+    """--num_samples decodes together, yet sample i is what --seed (seed + i) gives alone, stop text included."""
+    args = [f"--ckpt_path={ckpt}", "--prompt=All:", "--max_new_tokens=60", "--stop=\n\n"]
+    out, err = generate(capsys, *args, "--num_samples=3", "--seed=7")
+    alone = [generate(capsys, *args, f"--seed={7 + i}")[0].rstrip("\n") for i in range(3)]
+    assert out.rstrip("\n").split("\n---------------\n") == alone
+
+
 def test_no_prompt_starts_from_a_newline_and_output_file(ckpt, capsys, tmp_path):
     target = tmp_path / "samples.txt"
     out, _ = generate(capsys, f"--ckpt_path={ckpt}", "--max_new_tokens=20", f"--output={target}")

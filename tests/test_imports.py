@@ -35,4 +35,4 @@ def test_no_two_modules_import_each_other():
 
 def test_the_graph_is_read():  # guards the two tests above against a parser that finds nothing
     graph = src_imports()
-    assert "sampling" in graph and "model" in graph["sampling"] and "checkpoint" in graph["generate"]
+    assert "decoding" in graph and "model" in graph["decoding"] and "checkpoint" in graph["generate"]

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+from src.decoding import generate, generate_tokens
 from src.model import BigramLanguageModel, GPTConfig
-from src.sampling import check_sampling_args, generate, generate_tokens, sample_next, top_k_filter, top_p_filter
+from src.sampling import check_sampling_args, sample_next, top_k_filter, top_p_filter
 from tests.conftest import tiny_gpt
 
 

@@ -1,0 +1,170 @@
+"""The token loop behind ``generate``, the training callback and the CLI, built for speed in the spirit of
+gpt-fast: a preallocated KV cache and two fixed shapes, optionally compiled.
+
+Every model call has one of two shapes: one token per sample at position p (a decoding step), or a whole window
+of ``block_size`` tokens (prompts are padded to it: causal attention never lets a real position see the padding,
+and the step at a padded slot overwrites it before reading it). Attention reads the whole cache under a position
+mask (``src.model.KVCache``), so ``torch.compile`` builds each shape once.
+The draw happens inside the step (``src.sampling.pick``), from noise drawn outside it with the caller's
+generators: the same tokens as ``torch.multinomial`` with that generator, compiled or not.
+
+Cache modes, for text longer than the context window (``block_size``):
+- ``exact`` (default): the prompt fills the KV cache once, then each step feeds one token. Once the text outgrows
+  the window, every position shifts, so each step recomputes the last ``block_size`` tokens, exactly like the
+  lecture's ``idx[:, -block_size:]``.
+- ``window``: when the cache is full, refill it with the last ``block_size // 2`` tokens and go on one token at a
+  time. Much faster beyond the window, but the model then sees between half and all of the window.
+- ``none``: no cache; every step recomputes the last ``block_size`` tokens (the lecture's loop, for reference).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from src.model import LanguageModel
+from src.sampling import check_sampling_args, exponential_noise, pick, sample_next, with_start_token
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def next_token(
+    model: LanguageModel,
+    idx: torch.Tensor,
+    input_pos: torch.Tensor,
+    last: torch.Tensor,
+    noise: torch.Tensor | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> torch.Tensor:
+    """The token (B, 1) after position ``last`` of ``idx`` (B, T) at ``input_pos`` (T,): the step that is
+    compiled."""
+    return pick(model.next_logits(idx, input_pos, last), noise, temperature, top_k, top_p)
+
+
+_compiled: dict[str, Any] = {}
+
+
+def compiled_next_token() -> Any:
+    """``next_token`` compiled once per process (each shape, dtype and set of sampling options is a graph of its
+    own). Its shapes are fixed, so nothing is left dynamic. Inductor's on-disk cache spares a second process the
+    code generation, not the tracing (README, Generation)."""
+    if "next_token" not in _compiled:
+        _compiled["next_token"] = torch.compile(next_token, fullgraph=True, dynamic=False)
+    return _compiled["next_token"]
+
+
+class Decoder:
+    """Draws the next token of B samples from ``model`` (in ``dtype``, a copy when that differs) with a static
+    cache: ``window`` for up to ``block_size`` tokens from position 0, ``step`` for one more token each."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        batch_size: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        compile: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        weight = next(model.parameters())
+        self.model = copy.deepcopy(model).to(dtype) if dtype not in (None, weight.dtype) else model
+        self.device, self.batch_size = weight.device, batch_size
+        self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
+        self.options = (temperature, top_k, top_p)
+        self.forward = compiled_next_token() if compile else next_token
+        self.positions = torch.arange(self.block_size, device=self.device)
+        # inputs are copied into these, so every call sees the same shapes and strides (no recompiling)
+        self.padded = torch.zeros(batch_size, self.block_size, dtype=torch.long, device=self.device)
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+
+    def __enter__(self) -> Decoder:
+        self.training = self.model.training
+        self.model.eval()  # no dropout: sampling never draws from the global RNG
+        self.model.setup_cache(self.batch_size)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.clear_cache()
+        self.model.train(self.training)
+
+    def window(self, idx: torch.Tensor, generator: Generators) -> torch.Tensor:
+        """The token after ``idx`` (B, T <= block_size), its first token at position 0; caches all of it."""
+        self.padded[:, : idx.size(1)] = idx
+        last = torch.tensor(idx.size(1) - 1, device=self.device)
+        return self._call(self.padded, self.positions, last, generator)
+
+    def step(self, token: torch.Tensor, position: int, generator: Generators) -> torch.Tensor:
+        """The token after ``token`` (B, 1) at ``position``, the cache holding every earlier position."""
+        input_pos = torch.tensor([position], device=self.device)
+        self.token.copy_(token)
+        return self._call(self.token, input_pos, torch.tensor(0, device=self.device), generator)
+
+    def _call(self, idx, input_pos, last, generator: Generators) -> torch.Tensor:
+        greedy = self.options[0] == 0
+        noise = None if greedy else exponential_noise(self.batch_size, self.vocab_size, generator, self.device)
+        return self.forward(self.model, idx, input_pos, last, noise, *self.options)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: LanguageModel,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: Generators = None,
+    cache: str = "exact",
+    compile: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield ``max_new_tokens`` tokens (B, 1) that continue the prompt ``idx`` (B, T), one at a time.
+
+    An empty prompt starts from ``START_TOKEN``; a prompt longer than the context window is cropped to its last
+    ``block_size`` tokens. See the module docstring for ``cache``. ``generator`` is one for the batch or one per
+    sample (then each sample is what it would be alone with its generator). ``compile`` and ``dtype`` (e.g.
+    ``torch.bfloat16`` weights) apply to the cached modes.
+    """
+    check_sampling_args(temperature, top_k, top_p, cache, max_new_tokens)
+    window = model.config.block_size
+    seq = with_start_token(idx)[:, -window:]
+    if cache == "none":
+        yield from _uncached(model, seq, max_new_tokens, (temperature, top_k, top_p), generator)
+        return
+    with Decoder(model, seq.size(0), temperature, top_k, top_p, compile, dtype) as decoder:
+        cached = 0  # tokens of seq held in the cache; 0 means fill it from position 0
+        for _ in range(max_new_tokens):
+            if 0 < cached < window:
+                token = decoder.step(seq[:, -1:], cached, generator)
+                cached += 1
+            else:
+                refill = seq[:, -(window // 2 or 1) :] if cache == "window" and cached else seq[:, -window:]
+                token = decoder.window(refill, generator)
+                cached = refill.size(1)
+            seq = torch.cat([seq[:, -window:], token], dim=1)
+            yield token
+
+
+def _uncached(model, seq: torch.Tensor, max_new_tokens: int, options: tuple, generator: Generators):
+    training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            logits, _ = model(seq[:, -model.config.block_size :])
+            token = sample_next(logits[:, -1], *options, generator)
+            seq = torch.cat([seq, token], dim=1)
+            yield token
+    finally:
+        model.train(training)
+
+
+def generate(model: LanguageModel, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+    """The prompt ``idx`` (B, T) (``START_TOKEN`` if empty) followed by ``max_new_tokens`` sampled tokens: what
+    ``generate_tokens`` yields with the same ``options``, collected."""
+    return torch.cat([with_start_token(idx), *generate_tokens(model, idx, max_new_tokens, **options)], dim=1)

@@ -1,0 +1,85 @@
+"""The fast decoding path (src/decoding.py): compiled equals eager, a batch equals its samples drawn one by one,
+bf16 weights leave the model alone, and the compile cache serves a second process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from src.decoding import generate
+from tests.conftest import tiny_gpt
+
+PROMPT = torch.tensor([[1, 2, 3]])
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_the_draw_is_torch_multinomials():
+    """``src.generate`` output is unchanged for a seed: the static step draws what ``torch.multinomial`` drew."""
+    model = tiny_gpt()
+    ours = generate(model, PROMPT, 40, top_k=5, generator=seeded(4))
+    seq = PROMPT
+    g = seeded(4)
+    with torch.no_grad():
+        for _ in range(40):
+            logits, _ = model(seq[:, -16:])
+            logits = logits[:, -1]
+            kth = torch.topk(logits, 5).values[:, -1:]
+            probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+            seq = torch.cat([seq, torch.multinomial(probs, 1, generator=g)], dim=1)
+    assert torch.equal(ours, seq)
+
+
+def test_compiled_equals_eager_inside_and_beyond_the_window():
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    for options in ({"temperature": 0}, {"top_k": 5, "top_p": 0.9}):
+        runs = [generate(model, PROMPT, 40, generator=seeded(1), compile=c, **options) for c in (False, True)]
+        assert torch.equal(*runs), options
+        uncached = generate(model, PROMPT, 40, generator=seeded(1), cache="none", **options)
+        assert torch.equal(runs[1], uncached), options
+
+
+def test_a_batch_draws_what_each_sample_draws_alone():
+    model = tiny_gpt()
+    batch = generate(model, PROMPT.expand(3, -1), 40, generator=[seeded(7 + i) for i in range(3)])
+    alone = [generate(model, PROMPT, 40, generator=seeded(7 + i)) for i in range(3)]
+    assert torch.equal(batch, torch.cat(alone))
+    assert len({tuple(row.tolist()) for row in batch}) == 3
+
+
+def test_bf16_decoding_works_on_a_copy():
+    model = tiny_gpt()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    greedy = generate(model, PROMPT, 40, temperature=0, dtype=torch.bfloat16)
+    assert greedy.shape == (1, 43) and greedy.max() < 11
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+CHILD = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from src.decoding import generate
+from tests.conftest import tiny_gpt
+torch.manual_seed(0)
+model = tiny_gpt()
+prompt = torch.tensor([[1, 2, 3]])
+out = generate(model, prompt, 30, top_k=5, generator=torch.Generator().manual_seed(3), compile=True)
+eager = generate(model, prompt, 30, top_k=5, generator=torch.Generator().manual_seed(3))
+print(json.dumps({"same": torch.equal(out, eager), "hits": counters["inductor"]["fxgraph_cache_hit"]}))
+"""
+
+
+def test_a_second_process_compiles_from_the_cache(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert runs[0]["same"] and runs[1]["same"]
+    assert runs[0]["hits"] == 0 and runs[1]["hits"] >= 2  # the step and the window graphs, from disk
