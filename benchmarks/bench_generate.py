@@ -8,7 +8,8 @@ Both models are randomly initialised at the same size (vocabulary 65); batch 1, 
 prompt, temperature 0.8, top_k 200. nanoGPT's side is its unmodified model.py from ../shared/reference/nanogpt
 (no cache: it reruns the last block_size tokens for every token). chargpt's rows: the ``exact`` cache eager and
 compiled, in float32 and, on CPUs that multiply bf16 natively, bfloat16 weights; and the approximate ``window``
-cache compiled. Also printed: the first token's latency, and with ``--ckpt_path`` the CLI's whole-process time.
+cache compiled. Also printed: the first token's latency, and with ``--ckpt_path`` (a trained checkpoint) the
+validation loss and greedy decoding with bf16 against float32 weights, and the CLI's whole-process time.
 """
 
 import argparse
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import torch
 from timing import alternating_medians  # a sibling module: this folder is on the path
+from torch.nn import functional as F
 
+from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.decoding import generate
 from src.generate import cpu_has_bf16
 from src.model import GPT, GPTConfig
@@ -104,6 +107,34 @@ def cli_seconds(ckpt: str, extra: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def greedy_agreement(ckpt: str, new_tokens: int = 500) -> tuple[int, float]:
+    """Greedy decoding of a trained checkpoint with bf16 weights against float32: how many tokens agree before the
+    first difference, and the share of positions that agree."""
+    model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    runs = [generate(model, prompt, new_tokens, temperature=0, dtype=dtype)[0, 1:] for dtype in (None, torch.bfloat16)]
+    same = (runs[0] == runs[1]).tolist()
+    return (same + [False]).index(False), sum(same) / len(same)
+
+
+def val_loss(ckpt: str, corpus: str, dtype: torch.dtype) -> float:
+    """The mean loss over the last 10% of ``corpus`` (the validation split) in non-overlapping windows, the
+    weights in ``dtype`` and the loss in float32."""
+    model, tokenizer = model_from_checkpoint(load_checkpoint(ckpt))
+    model = model.to(dtype).eval()
+    text = Path(corpus).read_text(encoding="utf-8")
+    ids = torch.tensor(tokenizer.encode(text[int(0.9 * len(text)) :]))
+    T = model.config.block_size
+    n = (len(ids) - 1) // T
+    x, y = ids[: n * T].view(n, T), ids[1 : n * T + 1].view(n, T)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n, 64):
+            logits = model.head(model.features(x[i : i + 64])).float()
+            total += F.cross_entropy(logits.flatten(0, 1), y[i : i + 64].flatten(), reduction="sum").item()
+    return total / (n * T)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=[*SIZES, "both"], default="both")
@@ -113,7 +144,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no_compile", action="store_true", help="eager rows only")
     p.add_argument("--no_bf16", dest="bf16", action="store_false", help="float32 rows only")
-    p.add_argument("--ckpt_path", help="also time `python -m src.generate` on this checkpoint, whole process")
+    p.add_argument("--ckpt_path", help="also: bf16 against float32 on this trained checkpoint, and the CLI's time")
+    p.add_argument("--corpus", default="data/tinyshakespeare/input.txt", help="the checkpoint's corpus")
     a = p.parse_args()
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, bf16 CPU: {cpu_has_bf16()}")
     custom = {k: getattr(a, k) for k in ("n_layer", "n_head", "n_embd", "block_size")}
@@ -123,6 +155,10 @@ def main() -> None:
         for name in SIZES if a.size == "both" else [a.size]:
             bench(name, SIZES[name], a)
     if a.ckpt_path:
+        losses = [val_loss(a.ckpt_path, a.corpus, dtype) for dtype in (torch.float32, torch.bfloat16)]
+        print(f"validation loss with float32 weights {losses[0]:.4f}, with bf16 weights {losses[1]:.4f}")
+        prefix, share = greedy_agreement(a.ckpt_path)
+        print(f"greedy, 500 tokens, bf16 vs float32 weights: first {prefix} agree, {share:.1%} of positions agree")
         for extra in ([], ["--compile"]):
             times = sorted(cli_seconds(a.ckpt_path, extra) for _ in range(3))
             print(f"CLI, 500 tokens, whole process {' '.join(extra) or '(eager)'}: {times[1]:.2f} s (median of 3)")
