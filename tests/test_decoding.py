@@ -35,13 +35,15 @@ def test_the_draw_is_torch_multinomials():
 
 
 def test_compiled_equals_eager_inside_and_beyond_the_window():
+    """A 3-token prompt fills the cache through the padded window, a 1-token prompt through the one-token step."""
     torch.manual_seed(0)
     model = tiny_gpt()
-    for options in ({"temperature": 0}, {"top_k": 5, "top_p": 0.9}):
-        runs = [generate(model, PROMPT, 40, generator=seeded(1), compile=c, **options) for c in (False, True)]
-        assert torch.equal(*runs), options
-        uncached = generate(model, PROMPT, 40, generator=seeded(1), cache="none", **options)
-        assert torch.equal(runs[1], uncached), options
+    for prompt in (PROMPT, PROMPT[:, :1]):
+        for options in ({"temperature": 0}, {"top_k": 5, "top_p": 0.9}):
+            runs = [generate(model, prompt, 40, generator=seeded(1), compile=c, **options) for c in (False, True)]
+            assert torch.equal(*runs), options
+            uncached = generate(model, prompt, 40, generator=seeded(1), cache="none", **options)
+            assert torch.equal(runs[1], uncached), options
 
 
 def test_a_batch_draws_what_each_sample_draws_alone():
