@@ -131,3 +131,18 @@ def test_a_bytes_checkpoint_generates_from_a_prompt_its_corpus_never_contained(t
     prompt = "日本語 🎉 ÉTÉ:"
     out, _ = generate(capsys, f"--ckpt_path={ckpt}", f"--prompt={prompt}", "--max_new_tokens=40", "--seed=3")
     assert out.startswith(prompt)
+
+
+def test_dtype_auto_takes_bf16_only_for_big_models_on_bf16_cpus(monkeypatch):
+    from src import generate as cli
+    from src.model import GPT, GPTConfig
+
+    small = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))  # 0.8M params
+    big = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=3, n_head=4, n_embd=384))  # 5.4M params
+    cpu = torch.device("cpu")
+    assert cli.decode_dtype("float32", big, cpu) is torch.float32
+    assert cli.decode_dtype("bfloat16", small, cpu) is torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(cli, "cpu_has_bf16", lambda native=native: native)
+        assert cli.decode_dtype("auto", big, cpu) is expected
+        assert cli.decode_dtype("auto", small, cpu) is None
