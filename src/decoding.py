@@ -52,7 +52,7 @@ _compiled: dict[str, Any] = {}
 def compiled_next_token() -> Any:
     """``next_token`` compiled once per process (each shape, dtype and set of sampling options is a graph of its
     own). Its shapes are fixed, so nothing is left dynamic. Inductor's on-disk cache spares a second process the
-    code generation, not the tracing (README, Generation)."""
+    code generation, not the tracing (README, Decoding speed)."""
     if "next_token" not in _compiled:
         _compiled["next_token"] = torch.compile(next_token, fullgraph=True, dynamic=False)
     return _compiled["next_token"]
