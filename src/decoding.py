@@ -20,6 +20,7 @@ Cache modes, for text longer than the context window (``block_size``):
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,16 +47,12 @@ def next_token(
     return pick(model.next_logits(idx, input_pos, last), noise, temperature, top_k, top_p)
 
 
-_compiled: dict[str, Any] = {}
-
-
+@functools.cache
 def compiled_next_token() -> Any:
     """``next_token`` compiled once per process (each shape, dtype and set of sampling options is a graph of its
     own). Its shapes are fixed, so nothing is left dynamic. Inductor's on-disk cache spares a second process the
     code generation, not the tracing (README, Decoding speed)."""
-    if "next_token" not in _compiled:
-        _compiled["next_token"] = torch.compile(next_token, fullgraph=True, dynamic=False)
-    return _compiled["next_token"]
+    return torch.compile(next_token, fullgraph=True, dynamic=False)
 
 
 class Decoder:
@@ -162,13 +159,14 @@ def generate_tokens(
 
 
 def _uncached(model, seq: torch.Tensor, max_new_tokens: int, options: tuple, generator: Generators):
-    training = model.training
+    training, window = model.training, model.config.block_size
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            logits, _ = model(seq[:, -model.config.block_size :])
+            # model.forward, not model(...): a model compiled in place would recompile for every length
+            logits, _ = model.forward(seq)
             token = sample_next(logits[:, -1], *options, generator)
-            seq = torch.cat([seq, token], dim=1)
+            seq = torch.cat([seq, token], dim=1)[:, -window:]
             yield token
     finally:
         model.train(training)

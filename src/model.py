@@ -185,9 +185,9 @@ class LanguageModel(nn.Module):
         with ``last`` a tensor, prompts of any length can be padded to one shape."""
         return self.head(self.features(idx, input_pos).index_select(1, last.view(1))[:, 0])
 
-    def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate what cached decoding (``forward(..., input_pos=...)``) needs, in ``dtype`` (the weights' by
-        default); a no-op for stateless models."""
+    def setup_cache(self, batch_size: int) -> None:
+        """Allocate what cached decoding (``forward(..., input_pos=...)``) needs, in the weights' dtype; a no-op
+        for stateless models."""
 
     def clear_cache(self) -> None:
         """Drop the cache allocated by ``setup_cache``."""
@@ -268,11 +268,10 @@ class GPT(LanguageModel):
     def token_embeddings(self) -> torch.Tensor:
         return self.transformer.wte.weight
 
-    def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> None:
+    def setup_cache(self, batch_size: int) -> None:
         c, weight = self.config, self.lm_head.weight
         for block in self.transformer.h:
-            cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size, dtype or weight.dtype, weight.device)
-            block.attn.kv_cache = cache
+            block.attn.kv_cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size, weight.dtype, weight.device)
 
     def clear_cache(self) -> None:
         for block in self.transformer.h:

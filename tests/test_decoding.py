@@ -85,3 +85,17 @@ def test_a_second_process_compiles_from_the_cache(tmp_path):
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert runs[0]["same"] and runs[1]["same"]
     assert runs[0]["hits"] == 0 and runs[1]["hits"] >= 2  # the step and the window graphs, from disk
+
+
+def test_a_model_compiled_in_place_still_decodes_eagerly():
+    """Training with --model.compile compiles the model in place; sampling from it must not compile (a graph per
+    length) unless asked."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_gpt()
+    expected = {c: generate(model, PROMPT, 30, generator=seeded(2), cache=c) for c in ("exact", "none")}
+    model.compile()
+    before = counters["stats"]["unique_graphs"]
+    for cache, tokens in expected.items():
+        assert torch.equal(generate(model, PROMPT, 30, generator=seeded(2), cache=cache), tokens)
+    assert counters["stats"]["unique_graphs"] == before

@@ -57,9 +57,11 @@ def test_greedy_is_the_same_with_and_without_cache(ckpt, capsys):
     assert cached == uncached
 
 
-def test_output_streams_before_generation_ends(ckpt):
+@pytest.mark.parametrize("samples", [1, 3])  # with 3, sample 1 streams while the batch decodes
+def test_output_streams_before_generation_ends(ckpt, samples):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "src.generate", f"--ckpt_path={ckpt}", "--prompt=All:", "--max_new_tokens=100000"]
+    cmd.append(f"--num_samples={samples}")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:
         first = proc.stdout.read(10)
