@@ -93,29 +93,37 @@ class CausalSelfAttention(nn.Module):
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention's output at every position of ``x``, or with ``last`` (a 0-d index) at that one only."""
         B, T, C = x.shape
         q, k, v = self._qkv(x)
+        query_pos = torch.arange(T, device=x.device) if input_pos is None else input_pos
+        if last is not None:
+            q, query_pos = q.index_select(2, last.view(1)), query_pos.index_select(0, last.view(1))
         if input_pos is not None:
-            y = self._cached_attention(q, k, v, input_pos)
+            if self.kv_cache is None:
+                raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
+            k, v = self.kv_cache.update(input_pos, k, v)
+            y = self._masked_attention(q, k, v, query_pos)
+        elif last is not None:
+            y = self._masked_attention(q, k, v, query_pos)
         elif self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's fused CPU kernels refuse dropout; its fallback is slower and keeps far more for backward
             y = causal_attention_with_dropout(q, k, v, self.dropout, self.head_size**-0.5)
         else:
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.head_size**-0.5)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, q.size(2), C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
-    def _cached_attention(self, q, k, v, input_pos: torch.Tensor) -> torch.Tensor:
-        """Attention of the queries at ``input_pos`` over the whole cache (k, v written there first): the shapes
-        never change, and a mask lets the query at position p see the keys at 0..p (later slots hold stale or
-        zero entries). Written out rather than SDPA: for one query the fused kernel costs more than the
-        arithmetic, and ``torch.compile`` fuses the mask and softmax."""
-        if self.kv_cache is None:
-            raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
-        k, v = self.kv_cache.update(input_pos, k, v)
-        visible = torch.arange(k.size(2), device=q.device) <= input_pos[:, None]  # (T, block_size)
+    def _masked_attention(self, q, k, v, query_pos: torch.Tensor) -> torch.Tensor:
+        """Attention of the queries at ``query_pos`` over all of k and v (the whole cache when decoding): the
+        shapes never change, and a mask lets the query at position p see the keys at 0..p (later cache slots
+        hold stale or zero entries). Written out rather than SDPA: for one query the fused kernel costs more than
+        the arithmetic, and ``torch.compile`` fuses the mask and softmax."""
+        visible = torch.arange(k.size(2), device=q.device) <= query_pos[:, None]  # (Tq, Tk)
         scores = (q @ k.transpose(-2, -1)) * self.head_size**-0.5
         return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1) @ v
 
@@ -141,8 +149,13 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos)
+    def forward(
+        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The block's output (B, T, C), or with ``last`` (a 0-d index into T) that position's only (B, 1, C):
+        the other positions still serve as keys and values, but nothing reads their outputs."""
+        residual = x if last is None else x.index_select(1, last.view(1))
+        x = residual + self.attn(self.ln_1(x), input_pos, last)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -158,8 +171,11 @@ class LanguageModel(nn.Module):
         """The layer that turns ``features`` into logits."""
         raise NotImplementedError
 
-    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """What ``head`` reads at each position of ``idx`` (B, T); ``input_pos`` as in ``forward``, as a tensor."""
+    def features(
+        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What ``head`` reads at each position of ``idx`` (B, T); ``input_pos`` as in ``forward``, as a tensor.
+        With ``last`` (a 0-d index into T), only that position's (B, 1, C)."""
         raise NotImplementedError
 
     def forward(
@@ -183,7 +199,7 @@ class LanguageModel(nn.Module):
     def next_logits(self, idx: torch.Tensor, input_pos: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """The logits (B, V) after position ``last`` (a 0-d index into T) of ``idx`` (B, T) at ``input_pos`` (T,):
         with ``last`` a tensor, prompts of any length can be padded to one shape."""
-        return self.head(self.features(idx, input_pos).index_select(1, last.view(1))[:, 0])
+        return self.head(self.features(idx, input_pos, last)[:, 0])
 
     def setup_cache(self, batch_size: int) -> None:
         """Allocate what cached decoding (``forward(..., input_pos=...)``) needs, in the weights' dtype; a no-op
@@ -238,11 +254,16 @@ class GPT(LanguageModel):
     def head(self) -> nn.Module:
         return self.lm_head
 
-    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+    def features(
+        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self._embed(idx, input_pos)
-        for block in self.transformer.h:
+        *blocks, final = self.transformer.h
+        for block in blocks:
             x = block(x, input_pos)
-        return self.transformer.ln_f(x)
+        # with last, the final block works on one position: past the window, exact decoding recomputes a whole
+        # window per token, and this spares it the final block's projection and MLP at every other position
+        return self.transformer.ln_f(final(x, input_pos, last))
 
     def _embed(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         if input_pos is None:
@@ -292,9 +313,11 @@ class BigramLanguageModel(LanguageModel):
     def head(self) -> nn.Module:
         return self.token_embedding_table
 
-    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+    def features(
+        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # the table reads the token itself, so cached decoding (input_pos) needs no cache at all
-        return idx
+        return idx if last is None else idx.index_select(1, last.view(1))
 
     def token_embeddings(self) -> torch.Tensor:
         return self.token_embedding_table.weight

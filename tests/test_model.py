@@ -145,6 +145,27 @@ def test_cached_and_uncached_logits_agree_inside_the_window():
         assert torch.allclose(logits, full[:, 3 + i], atol=1e-5)
 
 
+@pytest.mark.parametrize("model", [tiny_gpt(), BigramLanguageModel(GPTConfig(vocab_size=11, block_size=16))])
+def test_next_logits_at_any_position_of_a_padded_window(model):
+    """The final block computes only the position asked for; the cache must still hold every position's keys and
+    values, since the steps after a window read them."""
+    seq = torch.randint(0, 11, (2, 16))
+    full = all_logits(model.eval(), seq)
+    positions = torch.arange(16)
+    for last in (3, 15):
+        model.setup_cache(2)
+        padded = torch.cat([seq[:, : last + 1], torch.zeros(2, 15 - last, dtype=torch.long)], dim=1)
+        window = model.next_logits(padded, positions, torch.tensor(last))
+        steps = [
+            model.next_logits(seq[:, t : t + 1], positions[t : t + 1], torch.tensor(0)) for t in range(last + 1, 16)
+        ]
+        model.clear_cache()
+        assert torch.allclose(window, full[:, last], atol=1e-5)
+        for t, logits in zip(range(last + 1, 16), steps):
+            assert torch.allclose(logits, full[:, t], atol=1e-5)
+    assert torch.allclose(model.next_logits(seq, None, torch.tensor(9)), full[:, 9], atol=1e-5)  # no cache
+
+
 def test_cached_decoding_without_a_cache_says_what_to_call():
     with pytest.raises(RuntimeError, match="setup_cache"):
         tiny_gpt()(torch.zeros(1, 1, dtype=torch.long), input_pos=3)
