@@ -3,6 +3,7 @@
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,18 @@ def test_test_scores_every_validation_character_once(ckpt, workdir, tiny_corpus,
     assert tags["test_chars"][-1][1] == chars
     assert tags["test_bpc"][-1][1] == pytest.approx(bpc, rel=1e-5)
     assert tags["test_loss"][-1][1] == pytest.approx(bpc * math.log(2), rel=1e-5)
+
+
+def test_bf16_true_scores_match_32_bit(ckpt, workdir, tiny_corpus):
+    """bf16-true converts the module, metrics included: their sums must still be kept in float32."""
+    scores = {}
+    for precision in ("32-true", "bf16-true"):
+        main(["test", *tiny_args(tiny_corpus), f"--ckpt_path={ckpt}", f"--trainer.precision={precision}"])
+        logs = workdir / "lightning_logs/t/test"
+        scores[precision] = {tag: values[-1][1] for tag, values in scalars(logs).items()}
+        shutil.rmtree(logs)
+    assert scores["bf16-true"]["test_chars"] == scores["32-true"]["test_chars"]
+    assert scores["bf16-true"]["test_loss"] == pytest.approx(scores["32-true"]["test_loss"], rel=0.01)
 
 
 def test_test_and_predict_never_traceback(workdir, tiny_corpus, capsys):
