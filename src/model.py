@@ -99,15 +99,14 @@ class CausalSelfAttention(nn.Module):
         """Attention's output at every position of ``x``, or with ``last`` (a 0-d index) at that one only."""
         B, T, C = x.shape
         q, k, v = self._qkv(x)
-        query_pos = torch.arange(T, device=x.device) if input_pos is None else input_pos
-        if last is not None:
-            q, query_pos = q.index_select(2, last.view(1)), query_pos.index_select(0, last.view(1))
-        if input_pos is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
-            k, v = self.kv_cache.update(input_pos, k, v)
-            y = self._masked_attention(q, k, v, query_pos)
-        elif last is not None:
+        if input_pos is not None or last is not None:
+            query_pos = torch.arange(T, device=x.device) if input_pos is None else input_pos
+            if last is not None:
+                q, query_pos = q.index_select(2, last.view(1)), query_pos.index_select(0, last.view(1))
+            if input_pos is not None:
+                if self.kv_cache is None:
+                    raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
+                k, v = self.kv_cache.update(input_pos, k, v)
             y = self._masked_attention(q, k, v, query_pos)
         elif self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's fused CPU kernels refuse dropout; its fallback is slower and keeps far more for backward
