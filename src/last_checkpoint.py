@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import lightning as L
@@ -79,7 +79,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._signal = None
-        self._saved_step, self._saved_at = trainer.global_step, time.monotonic()  # a resumed step is on disk
+        self._saved_step, self._saved_at = trainer.global_step, monotonic()  # a resumed step is on disk
         # Lightning registered its handlers just before this hook and restores the ones it found when fit ends
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
@@ -92,7 +92,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         signum = self._signal or 0
-        due = self.every_n_minutes is not None and time.monotonic() - self._saved_at >= 60 * self.every_n_minutes
+        due = self.every_n_minutes is not None and monotonic() - self._saved_at >= 60 * self.every_n_minutes
         if trainer.world_size > 1:  # every rank takes the same decision, whichever rank got the signal
             flags = torch.tensor([signum, due], dtype=torch.int32, device=pl_module.device)
             signum, due = trainer.strategy.reduce(flags, reduce_op="max").tolist()
@@ -112,4 +112,4 @@ class LastCheckpoint(Checkpoint):
         if trainer.global_step == self._saved_step and not again:
             return
         trainer.save_checkpoint(self.path, weights_only=False)
-        self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
+        self._saved_step, self._saved_at = trainer.global_step, monotonic()

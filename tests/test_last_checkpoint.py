@@ -1,5 +1,6 @@
 """Never lose training: last.ckpt follows training, signals save and exit with their status, writes are atomic."""
 
+import itertools
 import os
 import resource
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from src import last_checkpoint
 from src.checkpoint import load_checkpoint
 from src.train import main, resume_command
 from tests.conftest import REPO, tiny_args
@@ -49,6 +51,30 @@ def test_last_checkpoint_follows_training_after_val_loss_stops_improving(workdir
     best = next(checkpoints.glob("best-*.ckpt"))
     assert step_of(best) < 300  # the scenario holds: the best validation is not the last one (at step 300)
     assert step_of(checkpoints / "last.ckpt") == 330  # the end of fit, between two validations
+
+
+@pytest.mark.parametrize("minutes, steps", [(3, [3, 6, 9, 12, 15, 18, 20]), ("null", [20])], ids=["every 3", "null"])
+def test_last_checkpoint_is_written_after_the_step_that_closes_each_interval(
+    workdir, tiny_corpus, monkeypatch, minutes, steps
+):
+    """The README's promise that a kill -9 loses at most --last_checkpoint.every_n_minutes of training. The clock
+    is faked: each reading is one minute after the one before (a save reads it too)."""
+    readings = itertools.count()
+    monkeypatch.setattr(last_checkpoint, "monotonic", lambda: 60.0 * next(readings))
+    written = []
+    write = last_checkpoint.save_atomically
+    monkeypatch.setattr(
+        last_checkpoint,
+        "save_atomically",
+        lambda checkpoint, path: (
+            written.append((Path(path).name, checkpoint["global_step"])),
+            write(checkpoint, path),
+        ),
+    )
+    schedule = {"trainer.val_check_interval": 20, "sample.every_n_steps": 0, "last_checkpoint.every_n_minutes": minutes}
+    main(["fit", *tiny_args(tiny_corpus, max_steps=20, **schedule)])
+    assert [step for name, step in written if name == "last.ckpt"] == steps
+    assert step_of(workdir / "lightning_logs/t/checkpoints/last.ckpt") == 20
 
 
 @pytest.mark.slow
