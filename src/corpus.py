@@ -111,11 +111,3 @@ class NotUTF8(ValueError):
         self.path = path
         where = f"byte {byte:#04x} at offset {offset}" if byte is not None else "it ends inside a character"
         super().__init__(f"{path} is not UTF-8 ({where})")
-
-
-def read_text(path: Path) -> str:
-    """A whole file as text (for texts that are scored or prompted, not trained on: those go through the cache)."""
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{NotUTF8(path, err.start, err.object[err.start])}: convert it, e.g. with iconv") from None

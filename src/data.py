@@ -26,7 +26,6 @@ from src.corpus import (
     SHAKESPEARE_URL,
     corpus_files,
     ensure_shakespeare,
-    read_text,
 )
 from src.errors import UserError
 from src.token_cache import Tokens, load_tokens
@@ -91,21 +90,24 @@ class ScoredWindows(Dataset):
     scored, or pad the last window, are -100, which cross-entropy ignores."""
 
     def __init__(self, ids: torch.Tensor, block_size: int, stride: int) -> None:
-        self.ids, self.block_size = ids, block_size
-        predictions = len(ids) - 1
-        self.windows, end = [], 0  # (start, first scored position) of each window
-        for start in range(0, predictions, stride):
-            stop = min(start + block_size, predictions)
-            self.windows.append((start, end))
-            end = stop
-            if stop == predictions:
-                break
+        self.ids, self.block_size, self.stride = ids, block_size, stride
+        self.predictions = len(ids) - 1
+        # window i starts at i * stride; the last is the first to reach the end (computed, not listed: a test
+        # text of a billion tokens would otherwise hold millions of tuples)
+        self.count = 0 if self.predictions < 1 else -(-max(self.predictions - block_size, 0) // stride) + 1
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return self.count
+
+    def window(self, i: int) -> tuple[int, int]:
+        """(start, first scored position) of window ``i``: it scores what the window before it did not."""
+        if not 0 <= i < self.count:
+            raise IndexError(f"window {i} of {self.count}")
+        start = i * self.stride
+        return start, 0 if i == 0 else min(start - self.stride + self.block_size, self.predictions)
 
     def __getitem__(self, i: int) -> Batch:
-        start, scored_from = self.windows[i]
+        start, scored_from = self.window(i)
         chunk = self.ids[start : start + self.block_size + 1].long()
         x = torch.zeros(self.block_size, dtype=torch.long)
         y = torch.full((self.block_size,), -100, dtype=torch.long)
@@ -243,13 +245,31 @@ class CharDataModule(L.LightningDataModule):
         hp = self.hparams
         ids = self.val_data
         if hp.test_path is not None:
-            text = "".join(read_text(path) for path in corpus_files(hp.test_path))
-            try:
-                ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
-            except UserError as err:
-                raise UserError(f"--data.test_path {hp.test_path} has {err}") from None
+            ids = self._test_ids(hp.test_path)
         windows = ScoredWindows(ids, hp.block_size, hp.test_stride or max(hp.block_size // 2, 1))
         return DataLoader(windows, batch_size=hp.batch_size, num_workers=hp.num_workers)
+
+    def _test_ids(self, path: str) -> torch.Tensor:
+        """The tokens of ``path`` in the training corpus's vocabulary. They go through the token cache like any
+        corpus (memory stays bounded), then each id is translated unless the two vocabularies are the same."""
+        hp = self.hparams
+        tokens = load_tokens(corpus_files(path), hp.tokenizer, hp.cache_dir, hp.strict)
+        vocab = self.tokenizer.vocab
+        if tokens.vocab == vocab:
+            return tokens.ids
+        missing = [ch for ch in tokens.vocab if ch not in vocab]
+        if missing:
+            raise UserError(
+                f"--data.test_path {path} has {len(missing)} character(s) outside the model's vocabulary: "
+                f"{''.join(missing)!r}. Vocabulary: {vocab!r}. Score a text written in those characters"
+            )
+        table = torch.tensor(
+            [vocab.index(ch) for ch in tokens.vocab], dtype=torch.uint8 if len(vocab) <= 256 else torch.int32
+        )
+        ids = torch.empty(len(tokens.ids), dtype=table.dtype)
+        for start in range(0, len(ids), 1 << 24):  # a chunk at a time: no int64 copy of the whole text
+            ids[start : start + (1 << 24)] = table[tokens.ids[start : start + (1 << 24)].long()]
+        return ids
 
     def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if self.trainer is not None and self.trainer.training:

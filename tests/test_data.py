@@ -142,14 +142,17 @@ def test_default_corpus_comes_from_the_cache(shakespeare, tmp_path):
     assert dm.vocab_size == 65
 
 
-@pytest.mark.parametrize("length, block_size, stride", [(50, 8, 1), (50, 8, 3), (50, 8, 8), (5, 8, 4), (64, 8, 8)])
+@pytest.mark.parametrize(
+    "length, block_size, stride",
+    [(50, 8, 1), (50, 8, 3), (50, 8, 8), (5, 8, 4), (64, 8, 8), (9, 8, 3), (2, 8, 8), (1, 8, 8)],
+)
 def test_scored_windows_score_every_prediction_once_with_enough_context(length, block_size, stride):
     ids = torch.arange(length) % 7
     windows = ScoredWindows(ids, block_size, stride)
     scored = []
     for i in range(len(windows)):
         x, y = windows[i]
-        start = windows.windows[i][0]
+        start = windows.window(i)[0]
         for j in torch.nonzero(y != -100).flatten().tolist():
             assert x[j] == ids[start + j] and y[j] == ids[start + j + 1]
             assert j >= min(block_size - stride, start + j)  # context: all there is, or block_size - stride

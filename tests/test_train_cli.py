@@ -232,6 +232,24 @@ def test_test_scores_every_validation_character_once(ckpt, workdir, tiny_corpus,
     assert tags["test_loss"][-1][1] == pytest.approx(bpc * math.log(2), rel=1e-5)
 
 
+def test_test_path_scores_another_text_in_the_models_characters(ckpt, workdir, tiny_corpus, capsys):
+    vocab = load_checkpoint(ckpt)["hyper_parameters"]["vocab"]
+    other = workdir / "other.txt"  # fewer characters than the model's vocabulary: its ids are translated
+    other.write_text("we speak, hear me.\nall speak further.\n" * 3)
+    args = [*tiny_args(tiny_corpus), f"--ckpt_path={ckpt}", "--data.test_stride=16"]
+    main(["test", *args, f"--data.test_path={other}"])
+    tags = scalars(workdir / "lightning_logs/t/test")
+    bpc, chars = direct_bits_per_character(ckpt, [vocab.index(ch) for ch in other.read_text()], lambda p: p // 16 * 16)
+    assert tags["test_chars"][-1][1] == chars
+    assert tags["test_bpc"][-1][1] == pytest.approx(bpc, rel=1e-5)
+    (workdir / "bad.txt").write_text("Zounds, speak!\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *args, f"--data.test_path={workdir / 'bad.txt'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "2 character(s) outside the model's vocabulary: '!Z'" in err and "Traceback" not in err
+
+
 def test_bf16_true_scores_match_32_bit(ckpt, workdir, tiny_corpus):
     """bf16-true converts the module, metrics included: their sums must still be kept in float32."""
     scores = {}
