@@ -20,7 +20,8 @@ from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.decoding import generate_tokens
 from src.errors import UserError
 from src.pretrained import from_pretrained, is_pretrained
-from src.sampling import CACHE_MODES, check_sampling_args, with_start_token
+from src.sampling import CACHE_MODES, check_sampling_args
+from src.tokenizer import prompt_ids
 
 SEPARATOR = "\n---------------\n"
 
@@ -134,10 +135,10 @@ def generate(args: argparse.Namespace) -> None:
     else:
         model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path, map_location=device))
     try:
-        ids = tokenizer.encode(read_prompt(args))
+        ids = prompt_ids(tokenizer, read_prompt(args))
     except UserError as err:
         raise UserError(f"the prompt has {err}") from None
-    idx = with_start_token(torch.tensor([ids], dtype=torch.long, device=device))
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
     with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
         stream(model, tokenizer, idx, args, device, out)
 

@@ -24,7 +24,7 @@ from src.errors import UserError
 from src.model import LanguageModel, build_model
 from src.optim import MuonAdamW, adamw, hidden_matrices, warmup_cosine
 from src.rng import RNGState
-from src.tokenizer import Tokenizer, make_tokenizer
+from src.tokenizer import Tokenizer, make_tokenizer, prompt_ids
 
 
 class CharGPT(L.LightningModule):
@@ -197,7 +197,7 @@ class CharGPT(L.LightningModule):
 
     def sample(self, prompt: str, max_new_tokens: int, generator: torch.Generator | None = None, **options) -> str:
         """Prompt + continuation as text; the model's train/eval mode is left as it was."""
-        idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
+        idx = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long, device=self.device)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from src.errors import UserError
 
 CACHE_MODES = ("exact", "window", "none")  # see src.decoding
-START_TOKEN = 0  # what an empty prompt starts from: the newline in tiny-shakespeare, as in the lecture
+START_TOKEN = 0  # what an empty tensor prompt starts from (the CLI and CharGPT.sample start from a newline instead)
 
 
 def check_sampling_args(

@@ -83,6 +83,14 @@ class ByteTokenizer:
 Tokenizer = CharTokenizer | ByteTokenizer
 
 
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The ids of ``prompt``; an empty prompt starts from a newline, as in the lecture (or from id 0 in a vocabulary
+    without one). Id 0 is a newline only by luck: a NUL byte for ``bytes``, a tab in a corpus that has tabs."""
+    if prompt:
+        return tokenizer.encode(prompt)
+    return tokenizer.encode("\n") if "\n" in tokenizer.vocab else [0]
+
+
 def check_ids(ids: list[int], vocab_size: int) -> list[int]:
     bad = sorted({i for i in ids if not 0 <= i < vocab_size})
     if bad:

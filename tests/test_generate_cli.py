@@ -133,6 +133,19 @@ def test_a_bytes_checkpoint_generates_from_a_prompt_its_corpus_never_contained(t
     prompt = "日本語 🎉 ÉTÉ:"
     out, _ = generate(capsys, f"--ckpt_path={ckpt}", f"--prompt={prompt}", "--max_new_tokens=40", "--seed=3")
     assert out.startswith(prompt)
+    out, _ = generate(capsys, f"--ckpt_path={ckpt}", "--max_new_tokens=10")
+    assert out.startswith("\n")  # not from id 0, a NUL byte
+
+
+def test_no_prompt_starts_from_a_newline_whatever_its_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tabs.txt").write_text(TINY_TEXT.replace("All:", "All:\t"))  # the tab is id 0, the newline 1
+    train_main(["fit", *tiny_args(tmp_path / "tabs.txt", max_steps=10)])
+    ckpt = tmp_path / "lightning_logs/t/checkpoints/last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["vocab"].startswith("\t\n")
+    capsys.readouterr()
+    out, _ = generate(capsys, f"--ckpt_path={ckpt}", "--max_new_tokens=10")
+    assert out.startswith("\n")
 
 
 def test_dtype_auto_takes_bf16_only_for_big_models_on_bf16_cpus(monkeypatch):
