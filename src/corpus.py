@@ -75,28 +75,26 @@ def ensure_shakespeare(cache_dir: str | Path, url: str = SHAKESPEARE_URL, sha256
     return path
 
 
-def corpus_files(path: str | Path) -> list[Path]:
+def corpus_files(path: str | Path, flag: str = "--data.path") -> list[Path]:
     """The files of the corpus at ``path``: the file itself, every file under a folder (hidden files and folders
-    aside), or every file a glob matches, in sorted order."""
+    aside), or every file a glob matches, in sorted order. Errors name ``flag``, the option that gave ``path``."""
     path = Path(path)
     if path.is_file():
         if path.stat().st_size == 0:
-            raise UserError(f"corpus file {path} is empty: pass a non-empty UTF-8 text file with --data.path")
+            raise UserError(f"corpus file {path} is empty: pass a non-empty UTF-8 text file with {flag}")
         return [path]
     if path.is_dir():
         hidden = lambda p: any(part.startswith(".") for part in p.relative_to(path).parts)  # noqa: E731
         files = sorted(p for p in path.rglob("*") if p.is_file() and not hidden(p))
         if not files:
-            raise UserError(f"corpus path {path} is a directory with no files in it: pass text files with --data.path")
+            raise UserError(f"corpus path {path} is a directory with no files in it: pass text files with {flag}")
         return files
     if any(c in str(path) for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if os.path.isfile(p))
         if not files:
-            raise UserError(f"--data.path {path}: the glob matches no file")
+            raise UserError(f"{flag} {path}: the glob matches no file")
         return files
-    raise UserError(
-        f"corpus file {path} does not exist: pass an existing UTF-8 text file, folder or glob with --data.path"
-    )
+    raise UserError(f"corpus file {path} does not exist: pass an existing UTF-8 text file, folder or glob with {flag}")
 
 
 def read_chunks(path: Path) -> Iterator[bytes]:

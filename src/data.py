@@ -253,7 +253,10 @@ class CharDataModule(L.LightningDataModule):
         """The tokens of ``path`` in the training corpus's vocabulary. They go through the token cache like any
         corpus (memory stays bounded), then each id is translated unless the two vocabularies are the same."""
         hp = self.hparams
-        tokens = load_tokens(corpus_files(path), hp.tokenizer, hp.cache_dir, hp.strict)
+        flag = "--data.test_path"
+        tokens = load_tokens(corpus_files(path, flag), hp.tokenizer, hp.cache_dir, hp.strict, flag)
+        if len(tokens.ids) < 2:
+            raise UserError(f"--data.test_path {path} has no text to score: give it at least two characters")
         vocab = self.tokenizer.vocab
         if tokens.vocab == vocab:
             return tokens.ids

@@ -69,12 +69,15 @@ def cache_key(files: list[Path], tokenizer: str) -> str:
     return digest.hexdigest()
 
 
-def load_tokens(files: list[Path], tokenizer: str, cache_dir: str | Path, strict: bool = False) -> Tokens:
-    """The corpus's tokens, from its cache, encoding it first if it has none."""
+def load_tokens(
+    files: list[Path], tokenizer: str, cache_dir: str | Path, strict: bool = False, flag: str = "--data.path"
+) -> Tokens:
+    """The corpus's tokens, from its cache, encoding it first if it has none; errors name ``flag``, the option that
+    gave the files."""
     stem = Path(cache_dir) / "tokens" / cache_key(files, tokenizer)
     manifest = stem.with_suffix(".json")
     if not manifest.exists():
-        encode(files, tokenizer, stem, strict)
+        encode(files, tokenizer, stem, strict, flag)
     meta = json.loads(manifest.read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise UserError(f"{manifest} is from another chargpt version: delete {stem.parent} to encode again")
@@ -89,7 +92,7 @@ def load_tokens(files: list[Path], tokenizer: str, cache_dir: str | Path, strict
     return Tokens(torch.from_numpy(ids), meta["vocab"], meta["skipped"])
 
 
-def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool) -> None:
+def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool, flag: str = "--data.path") -> None:
     """Write ``stem``.bin and ``stem``.json for the corpus: one pass to check the text and find its characters, one
     to write the ids. Each pass works on segments of the files, in a pool of processes as wide as the machine."""
     started = time.monotonic()
@@ -103,7 +106,7 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool) -> None:
             if strict or len(files) == 1:
                 problem = NotUTF8(path, *error)
                 raise UserError(
-                    f"corpus file {problem}: convert it, e.g. with `iconv -t utf-8`, and pass it with --data.path"
+                    f"corpus file {problem}: convert it, e.g. with `iconv -t utf-8`, and pass it with {flag}"
                     + (", or leave --data.strict off to skip it" if len(files) > 1 else "")
                 )
             skipped.add(path)
@@ -113,7 +116,7 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool) -> None:
     if not kept:
         raise UserError(f"no UTF-8 text among the {len(files)} corpus files ({', '.join(map(str, files[:5]))}...)")
     if sum(counts[path, start] for path, start, *_ in tasks if path not in skipped) == 0:
-        raise UserError(f"the corpus ({len(kept)} file(s) from --data.path) holds no text: pass non-empty files")
+        raise UserError(f"the corpus ({len(kept)} file(s) from {flag}) holds no text: pass non-empty files")
     if len(kept) > 1:
         present[code_points(FILE_SEPARATOR)] = True
 

@@ -248,6 +248,14 @@ def test_test_path_scores_another_text_in_the_models_characters(ckpt, workdir, t
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "2 character(s) outside the model's vocabulary: '!Z'" in err and "Traceback" not in err
+    (workdir / "latin1.txt").write_bytes("speak, caf\xe9\n".encode("latin-1"))
+    (workdir / "one.txt").write_text("a")
+    for name, message in (("latin1.txt", "not UTF-8"), ("one.txt", "has no text to score"), ("none.txt", "not exist")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["test", *args, f"--data.test_path={workdir / name}"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "--data.test_path" in err and "--data.path" not in err
 
 
 def test_bf16_true_scores_match_32_bit(ckpt, workdir, tiny_corpus):
