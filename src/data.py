@@ -250,8 +250,8 @@ class CharDataModule(L.LightningDataModule):
         return DataLoader(windows, batch_size=hp.batch_size, num_workers=hp.num_workers)
 
     def _test_ids(self, path: str) -> torch.Tensor:
-        """The tokens of ``path`` in the training corpus's vocabulary. They go through the token cache like any
-        corpus (memory stays bounded), then each id is translated unless the two vocabularies are the same."""
+        """The tokens of ``path`` in the training corpus's vocabulary, through the token cache like any corpus:
+        memory-mapped when the two vocabularies are the same, else translated into a byte (or four) per token."""
         hp = self.hparams
         flag = "--data.test_path"
         tokens = load_tokens(corpus_files(path, flag), hp.tokenizer, hp.cache_dir, hp.strict, flag)
