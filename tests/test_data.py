@@ -142,6 +142,17 @@ def test_default_corpus_comes_from_the_cache(shakespeare, tmp_path):
     assert dm.vocab_size == 65
 
 
+def test_a_test_text_is_read_compactly_in_the_models_ids(tiny_corpus, tmp_path):
+    """README: test_path goes through the token cache: one byte per character here, translated or not."""
+    subset = tmp_path / "subset.txt"
+    subset.write_text("we speak, hear me.\n" * 5)  # fewer characters than the corpus: translated
+    for path in (tiny_corpus, subset):
+        dm = make_dm(tiny_corpus, test_path=str(path))
+        ids = dm.test_dataloader().dataset.ids
+        assert ids.dtype == torch.uint8
+        assert ids.tolist() == dm.tokenizer.encode(path.read_text())
+
+
 @pytest.mark.parametrize(
     "length, block_size, stride",
     [(50, 8, 1), (50, 8, 3), (50, 8, 8), (5, 8, 4), (64, 8, 8), (9, 8, 3), (2, 8, 8), (1, 8, 8)],
