@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 from timing import alternating_medians  # a sibling module: this folder is on the path
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.data import ScoredWindows
 from src.decoding import generate
 from src.generate import cpu_has_bf16
 from src.model import GPT, GPTConfig
@@ -118,21 +120,20 @@ def greedy_agreement(ckpt: str, new_tokens: int = 500) -> tuple[int, float]:
 
 
 def val_loss(ckpt: str, corpus: str, dtype: torch.dtype) -> float:
-    """The mean loss over the last 10% of ``corpus`` (the validation split) in non-overlapping windows, the
-    weights in ``dtype`` and the loss in float32."""
+    """The mean loss over the last 10% of ``corpus`` (the validation split) in non-overlapping windows (the
+    windows ``src.train test --data.test_stride block_size`` scores), the weights in ``dtype``, the loss in float32."""
     model, tokenizer = model_from_checkpoint(load_checkpoint(ckpt))
     model = model.to(dtype).eval()
     text = Path(corpus).read_text(encoding="utf-8")
     ids = torch.tensor(tokenizer.encode(text[int(0.9 * len(text)) :]))
     T = model.config.block_size
-    n = (len(ids) - 1) // T
-    x, y = ids[: n * T].view(n, T), ids[1 : n * T + 1].view(n, T)
-    total = 0.0
+    total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, n, 64):
-            logits = model.head(model.features(x[i : i + 64])).float()
-            total += F.cross_entropy(logits.flatten(0, 1), y[i : i + 64].flatten(), reduction="sum").item()
-    return total / (n * T)
+        for x, y in DataLoader(ScoredWindows(ids, T, T), batch_size=64):
+            logits = model.head(model.features(x)).float()
+            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += int((y != -100).sum())
+    return total / count
 
 
 def main() -> None:
