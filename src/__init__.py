@@ -1,3 +1,34 @@
-"""chargpt: a character-level GPT from "Let's build GPT", trained with PyTorch Lightning."""
+"""chargpt: a character-level GPT from "Let's build GPT", trained with PyTorch Lightning.
+
+Importing the package checks the floors first, so an older Python or PyTorch gets one line naming the fix instead of
+an ``AttributeError`` from deep inside a run.
+"""
+
+import re
+import sys
 
 __version__ = "0.1.0"
+
+PYTHON_FLOOR = (3, 10)  # X | Y unions evaluated at run time (jsonargparse reads the signatures), zip(strict=)
+# torch.optim.Muon with adjust_lr_fn (2.9; the default config trains with it), torch.nn.utils.get_total_norm (2.6)
+TORCH_FLOOR = (2, 9)
+
+
+def check_floors() -> None:
+    """Exit with status 2 and one line on stderr when Python or PyTorch is older than chargpt needs."""
+    if sys.version_info < PYTHON_FLOOR:
+        refuse("Python", PYTHON_FLOOR, sys.version.split()[0], "use a newer Python")
+    import torch
+
+    found = str(torch.__version__)
+    match = re.match(r"(\d+)\.(\d+)", found)
+    if match and tuple(map(int, match.groups())) < TORCH_FLOOR:
+        refuse("torch", TORCH_FLOOR, found, "pip install -U torch")
+
+
+def refuse(what: str, floor: tuple[int, int], found: str, fix: str) -> None:
+    print(f"chargpt needs {what} >= {floor[0]}.{floor[1]}, found {found}: {fix}", file=sys.stderr)
+    sys.exit(2)
+
+
+check_floors()

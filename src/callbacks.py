@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from src.errors import UserError
+from src.hardware import peak_flops
 from src.sampling import check_sampling_args
 
 
@@ -66,31 +67,6 @@ class SampleText(L.Callback):
                 # TensorBoard renders text as Markdown: a code block keeps the line breaks
                 logger.experiment.add_text("sample", f"```\n{text}\n```", global_step=step)
         return text
-
-
-# dense bf16 / TF32 tensor-core peaks (FLOP/s) of the GPUs we know; any other device is measured
-GPU_PEAKS = {"H200": (989e12, 495e12), "H100": (989e12, 495e12), "A100": (312e12, 156e12), "L4": (121e12, 60e12)}
-
-
-def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
-    """The FLOP/s that MFU is measured against, and where the figure comes from."""
-    low = "bf16" in precision or "16" in precision
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, (bf16, tf32) in GPU_PEAKS.items():
-            if key in name:
-                return (bf16 if low else tf32), f"{name} datasheet, {'bf16' if low else 'tf32'} dense"
-    # best of 8: a busy neighbour only ever makes a matmul slower, and one slow reading inflated MFU past 100%
-    dtype, n = (torch.bfloat16 if low else torch.float32), 1024
-    a = b = torch.full((n, n), 0.5, dtype=dtype, device=device)  # not randn: the global RNG is the run's
-    best = math.inf
-    for _ in range(8):
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best, f"measured: a {n}x{n} {str(dtype).removeprefix('torch.')} matmul on {device.type}"
 
 
 class Throughput(L.Callback):

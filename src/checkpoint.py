@@ -49,11 +49,7 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        sync_folder(path.parent)
     except OSError as err:
         kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
         raise UserError(
@@ -63,6 +59,22 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut, where the OS can: POSIX syncs a folder through a descriptor
+    opened on it. Windows refuses to open a folder (its NTFS journals the rename), and some filesystems refuse to
+    sync one: the file itself is already on disk, so either refusal is no reason to fail the write."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

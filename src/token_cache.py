@@ -120,21 +120,19 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool, flag: st
     if len(kept) > 1:
         present[code_points(FILE_SEPARATOR)] = True
 
-    global _LOOKUP  # read by the pool's forked workers
     if tokenizer == "bytes":
-        vocab, _LOOKUP, dtype = ByteTokenizer.vocab, None, np.dtype(np.uint8)
+        vocab, occurring, dtype = ByteTokenizer.vocab, None, np.dtype(np.uint8)
     else:
-        occurring = np.flatnonzero(present)
+        occurring = np.flatnonzero(present).astype(np.uint32)
         vocab = "".join(map(chr, occurring))  # sorted by code point, as sorted(set(text)) is
         dtype = np.dtype(np.uint8 if len(vocab) <= 256 else np.uint16 if len(vocab) <= 65536 else np.uint32)
-        _LOOKUP = np.zeros(UNICODE, dtype=dtype)
-        _LOOKUP[occurring] = np.arange(len(vocab), dtype=dtype)
+    separator = ids_of(FILE_SEPARATOR, lookup_table(occurring, dtype))
     # where each segment's ids go, with a separator between files
     writes, separators, offset = [], [], 0
     for i, path in enumerate(kept):
         if i:
             separators.append(offset)
-            offset += len(ids_of(FILE_SEPARATOR, _LOOKUP))
+            offset += len(separator)
         for task in tasks:
             if task[0] == path:
                 writes.append((*task[:3], offset * dtype.itemsize))
@@ -143,12 +141,14 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool, flag: st
     stem.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=".bin.tmp")
     try:
-        os.ftruncate(fd, offset * dtype.itemsize)
-        for at in separators:
-            os.pwrite(fd, ids_of(FILE_SEPARATOR, _LOOKUP).data, at * dtype.itemsize)
-        os.close(fd)
+        with os.fdopen(fd, "r+b") as f:  # positioned writes through a file object: the same calls on every OS
+            f.truncate(offset * dtype.itemsize)
+            for at in separators:
+                f.seek(at * dtype.itemsize)
+                f.write(separator.tobytes())
         progress = Progress("encoding the corpus", sum(end - start for _, start, end, _ in writes))
-        for (_, start, end, _), _ in zip(writes, parallel_map(write_segment, [(*w, tmp) for w in writes])):
+        jobs = [(*w, tmp, occurring, dtype.name) for w in writes]
+        for (_, start, end, _), _ in zip(writes, parallel_map(write_segment, jobs)):
             progress.advance(end - start)
         os.replace(tmp, stem.with_suffix(".bin"))
         meta = {"format": FORMAT, "tokenizer": tokenizer, "dtype": dtype.name, "tokens": offset, "vocab": vocab}
@@ -165,9 +165,6 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool, flag: st
         f"{len(vocab):,} in {time.monotonic() - started:.1f} s: {stem.with_suffix('.bin')}",
         file=sys.stderr,
     )
-
-
-_LOOKUP: np.ndarray | None = None  # code point -> id, for the characters tokenizer
 
 
 def segments(path: Path) -> list[tuple[int, int]]:
@@ -206,25 +203,39 @@ def scan(task: tuple[Path, int, int, str]) -> tuple[int, np.ndarray, tuple[int, 
     return len(text), np.flatnonzero(present), None
 
 
-def write_segment(task: tuple[Path, int, int, int, str]) -> None:
-    path, start, end, at, out = task
+def lookup_table(occurring: np.ndarray | None, dtype: np.dtype) -> np.ndarray | None:
+    """Code point -> id for the characters tokenizer (``occurring``: its vocabulary's code points, sorted); None for
+    the bytes tokenizer, whose ids are the UTF-8 bytes."""
+    if occurring is None:
+        return None
+    table = np.zeros(UNICODE, dtype=dtype)
+    table[occurring] = np.arange(len(occurring), dtype=dtype)
+    return table
+
+
+def write_segment(task: tuple[Path, int, int, int, str, np.ndarray | None, str]) -> None:
+    """Encode one segment and write its ids at byte ``at`` of ``out``. Everything it needs comes in ``task`` (the
+    vocabulary as code points, not a table: a few KB to send instead of 1-4 MB), so it runs in a spawned worker."""
+    path, start, end, at, out, occurring, dtype = task
     raw = read_segment(path, start, end)
-    ids = np.frombuffer(raw, dtype=np.uint8) if _LOOKUP is None else _LOOKUP[code_points(raw.decode("utf-8"))]
-    fd = os.open(out, os.O_WRONLY)
-    try:
-        os.pwrite(fd, ids.data, at)
-    finally:
-        os.close(fd)
+    lookup = lookup_table(occurring, np.dtype(dtype))
+    ids = np.frombuffer(raw, dtype=np.uint8) if lookup is None else lookup[code_points(raw.decode("utf-8"))]
+    with open(out, "r+b") as f:
+        f.seek(at)
+        f.write(ids.tobytes())
+
+
+START_METHOD: str | None = None  # the pool's start method; None: the platform's (spawn on Windows and macOS)
 
 
 def parallel_map(fn, tasks: list) -> Iterator:
-    """``map`` over a pool of forked processes (one per core), in order; in this process for a single task."""
+    """``map`` over a pool of processes (one per core), in order; in this process for a single task. The workers
+    share nothing with this process but their arguments, so any start method works: fork, forkserver or spawn."""
     workers = min(os.cpu_count() or 1, len(tasks))
     if workers <= 1:
         yield from map(fn, tasks)
         return
-    # fork: the workers inherit _LOOKUP and import nothing again; they use no threads, so forking is safe
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(START_METHOD)) as pool:
         yield from pool.map(fn, tasks)
 
 

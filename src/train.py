@@ -22,6 +22,7 @@ from src.callbacks import SampleText
 from src.checkpoint import load_checkpoint
 from src.data import CharDataModule
 from src.errors import UserError
+from src.hardware import default_precision
 from src.last_checkpoint import LastCheckpoint, TrainingInterrupted
 from src.module import CharGPT
 
@@ -94,7 +95,7 @@ class ChargptCLI(LightningCLI):
                 "--last_checkpoint.every_n_minutes, at the end and on Ctrl-C); leave checkpoint.save_last unset"
             )
         if trainer.precision is None:
-            trainer.precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32"
+            trainer.precision = default_precision(trainer.accelerator)
         if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
             raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
 
@@ -161,7 +162,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
             "log_every_n_steps": 50,
             "gradient_clip_val": 1.0,
             "enable_progress_bar": None,  # settled by the CLI: a bar on a terminal, plain lines otherwise
-            "precision": None,  # settled by the CLI: bf16-mixed where the GPU supports it, else 32-bit
+            "precision": None,  # settled by the CLI: src.hardware.default_precision
         },
     )
 

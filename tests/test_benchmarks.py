@@ -1,7 +1,9 @@
 """The benchmark scripts run from a checkout with one command and print their figures (tiny sizes here: the figures
 themselves are for people to read, never asserted)."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -60,3 +62,24 @@ def test_bench_speedrun_prints_both_sides_and_the_ratio(shakespeare):
     assert re.search(r"nanoGPT recipe +[\d.]+ s +val loss reached: [\d.]+", out)
     assert re.search(r"configs/speedrun_cpu.yaml +[\d.]+ s +val loss reached: [\d.]+", out)
     assert re.search(r"ratio chargpt/nanoGPT: \d+\.\d\d", out)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the GPU check is a bash script")
+def test_gpu_check_runs_to_the_end_as_a_cpu_smoke_run(shakespeare):
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert re.search(r"5 (skipped|passed)", out)  # the gpu tests are collected: a broken import would fail here
+    assert re.search(r"wall \d+:\d\d, start to finish", out)
+    assert re.search(r"tokens/s [\d,]+ \(median of \d+ log lines\)", out)
+    assert re.search(r"mfu [\d.]+% \(MFU peak: [\d.]+ TFLOP/s", out)
+    assert re.search(r"best val loss \d\.\d{4}", out)
+    assert re.search(r"eager: generated 50 tokens in [\d.]+ s \(\d+ tokens/s\) on cpu", out)
+    assert out.rstrip().endswith("== gpu_check: done")

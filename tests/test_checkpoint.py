@@ -68,3 +68,24 @@ def test_an_interrupted_write_leaves_the_previous_file_whole(tmp_path, monkeypat
         save_atomically({"step": torch.tensor(2)}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_write_where_folders_cannot_be_synced_gives_the_same_file(tmp_path, monkeypatch):
+    """Windows refuses to open a folder (os.open raises PermissionError), and some filesystems refuse to fsync one:
+    the checkpoint is written all the same, byte for byte."""
+    checkpoint = {"state_dict": {"w": torch.arange(10.0)}, "global_step": 3}
+    save_atomically(checkpoint, tmp_path / "posix.ckpt")
+    real_open = os.open
+
+    def refuse_folders(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_folders)
+    save_atomically(checkpoint, tmp_path / "windows" / "posix.ckpt")
+    monkeypatch.setattr(os, "open", real_open)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(22, "Invalid argument")))
+    with pytest.raises(UserError, match="could not write checkpoint"):  # the file's own fsync still counts
+        save_atomically(checkpoint, tmp_path / "nosync" / "posix.ckpt")
+    assert (tmp_path / "windows" / "posix.ckpt").read_bytes() == (tmp_path / "posix.ckpt").read_bytes()

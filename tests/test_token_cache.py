@@ -163,3 +163,22 @@ def test_files_with_no_text_at_all_are_refused(tmp_path):
         (tmp_path / "empty" / name).write_text("")
     with pytest.raises(UserError, match="holds no text"):
         load_tokens(corpus_files(tmp_path / "empty"), "chars", tmp_path / "cache")
+
+
+def test_encoding_in_spawned_workers_gives_the_same_bytes(tmp_path, monkeypatch):
+    """Windows and macOS start pool workers with spawn (and Linux from Python 3.14, forkserver): a worker inherits
+    nothing from this process, so everything it needs must travel in its task."""
+    text = "héllo wörld ✓ 日本 🎉\nFirst Citizen: speak.\n" * 40
+    path = tmp_path / "u.txt"
+    path.write_text(text)
+    monkeypatch.setattr(src.token_cache, "CHUNK_BYTES", 500)  # several segments, so the pool is used
+    assert len(segments(path)) > 2
+    monkeypatch.setattr(src.token_cache.os, "cpu_count", lambda: 1)
+    in_process = load_tokens([path], "chars", tmp_path / "one")
+    monkeypatch.setattr(src.token_cache, "START_METHOD", "spawn")
+    monkeypatch.setattr(src.token_cache.os, "cpu_count", lambda: 2)
+    spawned = load_tokens([path], "chars", tmp_path / "spawn")
+    assert spawned.vocab == in_process.vocab
+    key = next((tmp_path / "spawn" / "tokens").glob("*.bin")).name
+    assert (tmp_path / "spawn" / "tokens" / key).read_bytes() == (tmp_path / "one" / "tokens" / key).read_bytes()
+    assert CharTokenizer(spawned.vocab).decode(spawned.ids.tolist()) == text

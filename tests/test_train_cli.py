@@ -191,10 +191,16 @@ def test_help_documents_the_options(capsys):
         assert text in out, text
 
 
-def test_mixed_precision_fit_with_gradient_clipping(workdir, tiny_corpus):
-    """bf16-mixed is the GPU default; Lightning refuses to clip gradients of a fused AdamW under it."""
-    main(["fit", *tiny_args(tiny_corpus, max_steps=4), "--trainer.precision=bf16-mixed"])
-    assert torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_mixed_precision_fit_with_gradient_clipping(workdir, tiny_corpus, precision, optimizer):
+    """bf16-mixed is the default on recent GPUs, 16-mixed (with loss scaling) on older ones such as the T4; Lightning
+    refuses to clip gradients of a fused AdamW under either, and the scaler must unscale Muon's gradients too."""
+    extra = [f"--trainer.precision={precision}", f"--model.optimizer={optimizer}"]
+    main(["fit", *tiny_args(tiny_corpus, max_steps=4), *extra])
+    ckpt = torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert all(torch.isfinite(w).all() for w in ckpt["state_dict"].values() if w.is_floating_point())
 
 
 def test_resuming_on_another_vocabulary_is_refused(workdir, tiny_corpus, capsys):

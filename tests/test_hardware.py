@@ -1,0 +1,65 @@
+"""The device rules: which precision a run takes when none is given, and the peak MFU is measured against."""
+
+import pytest
+import torch
+
+from src.hardware import default_precision, peak_flops, precision_dtype
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A CUDA device with the given compute capability and name, on this CPU-only machine."""
+
+    def fake(capability: tuple[int, int], name: str = "NVIDIA Fake") -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+    return fake
+
+
+@pytest.mark.parametrize(
+    "capability, accelerator, expected",
+    [
+        ((9, 0), "auto", "bf16-mixed"),  # H100
+        ((8, 0), "gpu", "bf16-mixed"),  # A100
+        ((8, 9), "cuda", "bf16-mixed"),  # L4
+        ((7, 5), "auto", "16-mixed"),  # T4, Colab's free tier: bf16 only emulated
+        ((7, 0), "gpu", "16-mixed"),  # V100
+        ((9, 0), "cpu", "32-true"),  # the user chose the CPU
+    ],
+)
+def test_precision_on_cuda_follows_native_bf16(fake_cuda, capability, accelerator, expected):
+    fake_cuda(capability)
+    assert default_precision(accelerator) == expected
+
+
+def test_precision_on_cpu_and_mps_is_32_bit(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert default_precision("auto") == default_precision("mps") == default_precision("cpu") == "32-true"
+
+
+def test_precision_names_map_to_the_matmul_dtype():
+    assert precision_dtype("bf16-mixed") is precision_dtype("bf16-true") is torch.bfloat16
+    assert precision_dtype("16-mixed") is torch.float16
+    assert precision_dtype("32-true") is precision_dtype("32") is precision_dtype("64-true") is torch.float32
+
+
+def test_a_listed_gpu_takes_lightnings_datasheet_peak(fake_cuda):
+    fake_cuda((9, 0), "NVIDIA H100 PCIe")
+    peak, source = peak_flops(torch.device("cuda"), "bf16-mixed")
+    assert peak == pytest.approx(756e12, rel=0.01) and "datasheet" in source  # the PCIe card, not the SXM's 989
+    fake_cuda((7, 5), "Tesla T4")
+    assert peak_flops(torch.device("cuda"), "16-mixed")[0] == pytest.approx(65e12)
+
+
+def test_an_unlisted_or_misread_device_is_measured(fake_cuda, monkeypatch):
+    calls = []
+    monkeypatch.setattr("src.hardware.synchronize", lambda device: calls.append(device.type))
+    peak, source = peak_flops(torch.device("cpu"), "32-true")
+    assert 1e8 < peak < 1e15 and source.startswith("measured: a 1024x1024 float32 matmul on cpu")
+    assert len(calls) == 16  # before and after each of the 8 timed matmuls: an accelerator's queue is waited for
+    fake_cuda((8, 9), "NVIDIA L40S")  # Lightning's table reads this as an L4
+    monkeypatch.setattr(torch, "full", lambda *a, **k: torch.ones(*a[:1], dtype=k["dtype"]))  # no CUDA memory here
+    assert peak_flops(torch.device("cuda"), "bf16-mixed")[1].startswith("measured")

@@ -1,0 +1,30 @@
+"""The floors checked when the package is imported: an old PyTorch gets one line and exit status 2."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import src
+from tests.conftest import REPO
+
+FAKE_OLD_TORCH = "import torch; torch.__version__ = '2.4.1+cu121'; import runpy, sys; sys.argv = ['src.train', 'fit']; "
+FAKE_OLD_TORCH += "runpy.run_module('src.train', run_name='__main__')"
+
+
+def test_an_older_torch_gets_one_line_naming_the_fix():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", FAKE_OLD_TORCH], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr == "chargpt needs torch >= 2.9, found 2.4.1+cu121: pip install -U torch\n"
+
+
+def test_the_floors_agree_with_the_install_metadata_and_the_readme():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    torch_floor = ".".join(map(str, src.TORCH_FLOOR))
+    python_floor = ".".join(map(str, src.PYTHON_FLOOR))
+    assert re.search(rf'"torch>={re.escape(torch_floor)}"', pyproject)
+    assert f'requires-python = ">={python_floor}"' in pyproject
+    readme = Path(REPO / "README.md").read_text()
+    assert f"PyTorch {torch_floor} or newer" in readme and f"Python {python_floor} or newer" in readme
