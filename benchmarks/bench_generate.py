@@ -5,7 +5,7 @@ python benchmarks/bench_generate.py --size lecture --repeats 3
 python benchmarks/bench_generate.py --n_layer 2 --n_head 2 --n_embd 64 --block_size 32   # any other size
 
 Both models are randomly initialised at the same size (vocabulary 65); batch 1, ``--new_tokens`` from a one-token
-prompt, temperature 0.8, top_k 200. nanoGPT's side is its unmodified model.py from ../shared/reference/nanogpt
+prompt, temperature 0.8, top_k 200. nanoGPT's side is its unmodified model.py (--nanogpt DIR: see benchmarks/nanogpt.py)
 (no cache: it reruns the last block_size tokens for every token). chargpt's rows: the ``exact`` cache eager and
 compiled, in float32 and, on CPUs that multiply bf16 natively, bfloat16 weights; and the approximate ``window``
 cache compiled. Also printed: the first token's latency, and with ``--ckpt_path`` (a trained checkpoint) the
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from timing import alternating_medians  # a sibling module: this folder is on the path
+from nanogpt import add_flag, missing  # sibling modules: this folder is on the path
+from timing import alternating_medians
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -32,7 +33,6 @@ from src.generate import cpu_has_bf16
 from src.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-NANOGPT = REPO.parent / "shared" / "reference" / "nanogpt" / "model.py"
 SIZES = {
     "recipe": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
     "lecture": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
@@ -40,11 +40,13 @@ SIZES = {
 SAMPLING = dict(temperature=0.8, top_k=200)
 
 
-def nanogpt_model(size: dict):
-    """nanoGPT's GPT at ``size``, or None when its files are not beside this checkout."""
-    if not NANOGPT.exists():
+def nanogpt_model(size: dict, folder: str):
+    """nanoGPT's GPT at ``size``, or None (said on stdout) when its model.py is not in ``folder``."""
+    problem = missing(folder, "model.py")
+    if problem:
+        print(f"no nanoGPT column: {problem}")
         return None
-    spec = importlib.util.spec_from_file_location("nanogpt_model", NANOGPT)
+    spec = importlib.util.spec_from_file_location("nanogpt_model", Path(folder) / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.GPT(module.GPTConfig(vocab_size=65, dropout=0.0, bias=True, **size)).eval()
@@ -83,7 +85,7 @@ def first_token_ms(model, options: dict, repeats: int) -> float:
 def bench(name: str, size: dict, a: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=65, dropout=0.0, **size)).eval()
-    reference = nanogpt_model(size)
+    reference = nanogpt_model(size, a.nanogpt)
     rows = variants(a.bf16 and cpu_has_bf16(), not a.no_compile)
     started = time.perf_counter()
     for options in rows.values():
@@ -147,6 +149,7 @@ def main() -> None:
     p.add_argument("--no_bf16", dest="bf16", action="store_false", help="float32 rows only")
     p.add_argument("--ckpt_path", help="also: bf16 against float32 on this trained checkpoint, and the CLI's time")
     p.add_argument("--corpus", default="data/tinyshakespeare/input.txt", help="the checkpoint's corpus")
+    add_flag(p)
     a = p.parse_args()
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, bf16 CPU: {cpu_has_bf16()}")
     custom = {k: getattr(a, k) for k in ("n_layer", "n_head", "n_embd", "block_size")}

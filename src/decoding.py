@@ -51,7 +51,7 @@ def next_token(
 def compiled_next_token() -> Any:
     """``next_token`` compiled once per process (each shape, dtype and set of sampling options is a graph of its
     own). Its shapes are fixed, so nothing is left dynamic. Inductor's on-disk cache spares a second process the
-    code generation, not the tracing (README, Decoding speed)."""
+    code generation, not the tracing (docs/performance.md, Decoding speed)."""
     return torch.compile(next_token, fullgraph=True, dynamic=False)
 
 
@@ -80,8 +80,8 @@ class Decoder:
         self.padded = torch.zeros(batch_size, self.block_size, dtype=torch.long, device=self.device)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.no_noise = torch.ones(batch_size, self.vocab_size, device=self.device)  # for steps whose draw is unused
-        # prompts this short fill the cache a token at a time: a few steps cost less than the padded window (a
-        # one-token prompt: 3 against 41 ms for the lecture model in bf16)
+        # prompts this short fill the cache a token at a time: a few steps cost less than the padded window
+        # (docs/performance.md, first token)
         self.short = max(1, self.block_size // 32)
 
     def __enter__(self) -> Decoder:

@@ -1,10 +1,10 @@
-"""Dropout for training on CPUs, where PyTorch's own costs the most: ``bernoulli_`` draws ~2.5x slower than
+"""Dropout for training on CPUs, where PyTorch's own costs the most: ``bernoulli_`` draws slower than
 ``rand``, ``F.dropout`` keeps a float mask for backward, and SDPA's fused CPU kernels refuse attention dropout, so
 its fallback keeps several float (B, nh, T, T) tensors per layer.
 
 Here masks are drawn with ``rand`` and kept as bool; attention keeps q, k, v and its mask and recomputes the weights
-in backward, as flash attention does, a few sequences at a time so the (T, T) tiles stay in cache. The lecture's
-model (batch 64, dropout 0.2, fp32) trains ~20% faster and peaks ~1.7 GiB lower. On GPUs, PyTorch's kernels are used.
+in backward, as flash attention does, a few sequences at a time so the (T, T) tiles stay in cache: faster and far
+smaller than PyTorch's path (figures in docs/performance.md). On GPUs, PyTorch's kernels are used.
 """
 
 import torch

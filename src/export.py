@@ -57,12 +57,16 @@ def export_onnx(model: LanguageModel, path: Path) -> None:
     program.save(str(path))
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m src.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by `python -m src.train fit`")
     parser.add_argument("--out", required=True, help="the folder to write (created if missing)")
     parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True, help="also write model.onnx")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path))
         out = Path(args.out)

@@ -60,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the decoding step with torch.compile: pays for long samples only (see README, Decoding speed)",
+        help="compile the decoding step with torch.compile: pays for long samples only (see docs/performance.md)",
     )
     parser.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16"),
         default="auto",
-        help="weights for decoding: auto takes bfloat16 where it is faster (see README, Decoding speed)",
+        help="weights for decoding: auto takes bfloat16 where it is faster (see docs/performance.md)",
     )
     parser.add_argument("--output", help="write the samples to this file instead of stdout")
     parser.add_argument("--stop", help="end each sample where this text first appears in it (the text is left out)")
@@ -104,7 +104,7 @@ def cpu_has_bf16() -> bool:
 
 def decode_dtype(name: str, model, device: torch.device) -> torch.dtype | None:
     """The dtype of the weights to decode with: ``auto`` takes bfloat16 on CPUs that multiply it natively, for
-    models big enough to gain from halving the bytes each token reads (README, Decoding speed); float32 otherwise."""
+    models big enough to gain from halving the bytes each token reads (docs/performance.md); float32 otherwise."""
     if name != "auto":
         return getattr(torch, name)
     big = model.num_params() >= BF16_MIN_PARAMS

@@ -141,8 +141,8 @@ class CharGPT(L.LightningModule):
         x, y = batch
         _, loss = self.model(x, y)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            # only on the steps the logger writes (what Lightning would drop anyway): self.log costs ~1 ms a call
-            # on a CPU, ~3% of a small model's step
+            # only on the steps the logger writes (what Lightning would drop anyway): self.log costs a noticeable
+            # share of a small model's CPU step (docs/performance.md, Lightning overhead)
             self.log("train_loss", loss, prog_bar=True)
         return loss
 

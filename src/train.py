@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from src.board import AttentionMaps, LearningRates
@@ -27,6 +27,20 @@ from src.last_checkpoint import LastCheckpoint, TrainingInterrupted
 from src.module import CharGPT
 
 LOG_ROOT = "lightning_logs"  # the default of --trainer.default_root_dir
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """``config.yaml`` into the run's folder, logger or not: without a logger Lightning would write it into the
+    working directory, where the next loggerless run overwrites it and ``--config`` picks it up by mistake."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is None and not self.already_saved:
+            run_dir = Path(self.config.trainer.default_root_dir or LOG_ROOT) / self.config.run_name
+            if trainer.is_global_zero:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
+            self.already_saved = True
+        super().setup(trainer, pl_module, stage)
 
 
 class ChargptCLI(LightningCLI):
@@ -154,6 +168,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
         run=run,
         auto_configure_optimizers=False,  # the module builds AdamW with its own parameter groups
         seed_everything_default=1337,
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},  # a resumed run writes config.yaml into its own folder again
         trainer_defaults={
             "max_steps": 5000,

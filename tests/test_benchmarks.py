@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
+NANOGPT = REPO.parent / "shared/reference/nanogpt"
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16"]
 
 
@@ -33,9 +34,11 @@ def test_bench_generate_prints_each_variant_against_nanogpt():
     out = run("bench_generate.py", *TINY, "--new_tokens", "20", "--repeats", "1", "--no_compile")
     assert re.search(r"custom: [\d,]+ params, 20 new tokens, batch 1, median of 1", out)
     assert re.search(r"exact, eager +[\d,]+ tok/s.*first token +[\d.]+ ms", out)
-    if (REPO.parent / "shared/reference/nanogpt/model.py").exists():
+    if (NANOGPT / "model.py").exists():
         assert re.search(r"nanoGPT +[\d,]+ tok/s", out)
         assert re.search(r"exact, eager +[\d,]+ tok/s +\d+\.\d\dx nanoGPT", out)
+    elsewhere = run("bench_generate.py", *TINY, "--new_tokens", "5", "--repeats", "1", "--no_compile", "--nanogpt=/no")
+    assert "no nanoGPT column: nanoGPT's model.py not found in /no: fetch it with `git clone" in elsewhere
 
 
 def test_bench_train_prints_fit_loop_and_the_overhead(shakespeare):
@@ -54,7 +57,16 @@ def test_bench_data_prints_the_generated_corpus_figures(shakespeare):
         assert re.search(kind + r" +[\d.]+ s \([\d.]+x\) +peak [\d,]+ MiB", out), kind
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared/reference/nanogpt/run_recipe.sh").exists(), reason="no nanoGPT here")
+def test_bench_speedrun_says_what_to_fetch_without_nanogpt():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_speedrun.py", "--nanogpt", "/no"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "nanoGPT's train.py, model.py" in done.stderr
+    assert "git clone https://github.com/karpathy/nanoGPT" in done.stderr
+
+
+@pytest.mark.skipif(not (NANOGPT / "train.py").exists(), reason="no nanoGPT here")
 def test_bench_speedrun_prints_both_sides_and_the_ratio(shakespeare):
     quick = ["--nanogpt_args=--max_iters=10 --eval_interval=5"]
     quick += ["--chargpt_args=--trainer.max_steps=10 --trainer.val_check_interval=5"]

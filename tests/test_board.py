@@ -111,6 +111,8 @@ def test_a_terminal_gets_the_progress_bar_and_no_plain_lines(workdir, tiny_corpu
     assert not re.search(r"^step \d+/20 \|", out, re.MULTILINE)
 
 
-def test_a_run_without_a_logger_trains(workdir, tiny_corpus):
+def test_a_run_without_a_logger_trains_and_keeps_its_config_in_its_folder(workdir, tiny_corpus):
     main(["fit", *tiny_args(tiny_corpus, max_steps=12), "--trainer.logger=false"])  # used to stop at train start
     assert (workdir / "lightning_logs/t/checkpoints/last.ckpt").exists()
+    assert not (workdir / "config.yaml").exists()  # Lightning's default: the working directory
+    assert "run_name: t" in (workdir / "lightning_logs/t/config.yaml").read_text()
