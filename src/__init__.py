@@ -1,10 +1,14 @@
 """chargpt: a character-level GPT from "Let's build GPT", trained with PyTorch Lightning.
 
 Importing the package checks the floors first, so an older Python or PyTorch gets one line naming the fix instead of
-an ``AttributeError`` from deep inside a run.
+an ``AttributeError`` from deep inside a run. Run as a program (``python -m src.…``), Ctrl-C during the seconds of
+imports and set-up ends it with one line and exit status 130 instead of a traceback; training then installs its own
+handler (``src.last_checkpoint``), which saves first.
 """
 
+import os
 import re
+import signal
 import sys
 
 __version__ = "0.1.0"
@@ -31,4 +35,13 @@ def refuse(what: str, floor: tuple[int, int], found: str, fix: str) -> None:
     sys.exit(2)
 
 
+def stop_on_ctrl_c(signum: int, frame: object) -> None:
+    if os.getpid() == MAIN_PID and os.environ.get("LOCAL_RANK", "0") == "0":  # one line, not one per process
+        print("chargpt: stopped by Ctrl-C", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
+MAIN_PID = os.getpid()
+if sys.argv[:1] == ["-m"]:  # what sys.argv[0] is while `python -m src.x` imports the package, and never otherwise
+    signal.signal(signal.SIGINT, stop_on_ctrl_c)
 check_floors()

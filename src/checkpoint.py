@@ -105,6 +105,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def readable_checkpoints(folder: Path, but: Path | None = None) -> list[tuple[int, Path]]:
+    """(step, path) of each readable chargpt checkpoint in ``folder`` other than ``but``, the newest first."""
+    found = []
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        if but is not None and path.resolve() == but.resolve():
+            continue
+        try:
+            found.append((int(load_checkpoint(path)["global_step"]), path))
+        except (UserError, KeyError, TypeError, ValueError):
+            continue
+    return sorted(found, key=lambda item: -item[0])
+
+
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, Tokenizer]:
     """The trained model (in eval mode, on the checkpoint's map_location) and its tokenizer."""
     hp = ckpt["hyper_parameters"]

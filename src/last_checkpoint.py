@@ -53,6 +53,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_atomically(checkpoint, path)
 
 
+class Trainer(L.Trainer):
+    """Lightning's Trainer, with checkpoint writes that fail on every rank at once. Only rank 0 writes; the others
+    wait for it in a barrier. Were rank 0 alone to raise, the others would hang there, then die with a gloo
+    traceback: here rank 0 meets them in the barrier, the failure reaches every rank by broadcast, and every rank
+    raises the same ``UserError`` (one message, exit status 2)."""
+
+    def save_checkpoint(self, filepath, weights_only: bool = False, storage_options: Any | None = None) -> None:
+        failure = None
+        try:
+            super().save_checkpoint(filepath, weights_only=weights_only, storage_options=storage_options)
+        except UserError as err:  # only the writing rank gets here, before the barrier the others wait in
+            failure = str(err)
+            if self.world_size > 1:
+                self.strategy.barrier("Trainer.save_checkpoint")
+        if self.world_size > 1:
+            failure = self.strategy.broadcast(failure, src=0)
+        if failure is not None:
+            raise UserError(failure)
+
+
 class LastCheckpoint(Checkpoint):
     def __init__(self, dirpath: str | None = None, every_n_minutes: float | None = 10.0) -> None:
         """Keep last.ckpt the newest training state, and stop cleanly on Ctrl-C or SIGTERM.

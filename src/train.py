@@ -19,11 +19,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from src.board import AttentionMaps, LearningRates
 from src.callbacks import SampleText
-from src.checkpoint import load_checkpoint
+from src.checkpoint import load_checkpoint, readable_checkpoints
 from src.data import CharDataModule
 from src.errors import UserError
 from src.hardware import default_precision
-from src.last_checkpoint import LastCheckpoint, TrainingInterrupted
+from src.last_checkpoint import LastCheckpoint, Trainer, TrainingInterrupted
 from src.module import CharGPT
 
 LOG_ROOT = "lightning_logs"  # the default of --trainer.default_root_dir
@@ -74,6 +74,7 @@ class ChargptCLI(LightningCLI):
         parser.link_arguments("data.tokenizer", "model.tokenizer")
 
     def parse_arguments(self, parser, args) -> None:
+        self._argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         super().parse_arguments(parser, args)
         if self.config.get("subcommand"):
             config, subcommand = self.config[self.config.subcommand], self.config.subcommand
@@ -113,6 +114,17 @@ class ChargptCLI(LightningCLI):
         if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
             raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
 
+    def _other_checkpoints(self, broken: Path, config) -> str:
+        """What to do instead of an unreadable ``--ckpt_path``: the readable checkpoints beside it (and in the run's
+        folder), with their steps, and the command that uses the newest."""
+        folders = {broken.parent, Path(config.checkpoint.dirpath)}
+        found = sorted((c for f in folders for c in readable_checkpoints(f, broken)), key=lambda c: -c[0])
+        if not found:
+            return f". No other readable checkpoint in {' or '.join(sorted(map(str, folders)))}"
+        listed = ", ".join(f"{path.name} (step {step})" for step, path in found)
+        command = resume_command(self._argv, str(found[0][1]))
+        return f". Readable checkpoints: {listed}. To go on from the newest: {command}"
+
     def _settle_ckpt_path(self, config, subcommand: str) -> None:
         """Resolve ``--ckpt_path last``; refuse a bad checkpoint, or a new fit over a run that has one."""
         run_dir = Path(config.trainer.default_root_dir or LOG_ROOT) / config.run_name
@@ -129,7 +141,10 @@ class ChargptCLI(LightningCLI):
         if subcommand == "test" and not ckpt_path:
             raise UserError("test scores a trained model: pass --ckpt_path (a .ckpt, or last for the run's newest)")
         if ckpt_path:
-            step = load_checkpoint(ckpt_path)["global_step"]  # refuses missing, corrupt, unsafe and foreign files
+            try:
+                step = load_checkpoint(ckpt_path)["global_step"]  # refuses missing, corrupt, unsafe and foreign files
+            except UserError as err:
+                raise UserError(f"{err}{self._other_checkpoints(Path(ckpt_path), config)}") from None
             logger = config.trainer.logger
             if subcommand == "fit" and isinstance(logger, dict) and logger["class_path"] == "src.board.TensorBoard":
                 # what the interrupted run logged after its checkpoint is dropped: each step appears once
@@ -146,8 +161,8 @@ def notice(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resume_command(args: list[str]) -> str:
-    """The command line that continues this run: the same arguments with ``--ckpt_path last``."""
+def resume_command(args: list[str], ckpt_path: str = "last") -> str:
+    """The command line that continues this run: the same arguments with ``--ckpt_path`` set to ``ckpt_path``."""
     kept, skip = [], False
     for arg in args:
         if skip or arg.startswith("--ckpt_path="):
@@ -156,7 +171,7 @@ def resume_command(args: list[str]) -> str:
         skip = arg == "--ckpt_path"
         if not skip:
             kept.append(arg)
-    return shlex.join(["python", "-m", "src.train", *kept, "--ckpt_path", "last"])
+    return shlex.join(["python", "-m", "src.train", *kept, "--ckpt_path", ckpt_path])
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
@@ -164,6 +179,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
     return ChargptCLI(
         CharGPT,
         CharDataModule,
+        trainer_class=Trainer,  # checkpoint writes that fail on every rank at once
         args=args,
         run=run,
         auto_configure_optimizers=False,  # the module builds AdamW with its own parameter groups
@@ -187,7 +203,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         build_cli(args)
     except UserError as err:
-        print(f"chargpt: error: {err}", file=sys.stderr)
+        notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
         sys.exit(2)
     except TrainingInterrupted as stop:
         if stop.step is None:

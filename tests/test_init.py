@@ -2,12 +2,16 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 import src
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_args
 
 FAKE_OLD_TORCH = "import torch; torch.__version__ = '2.4.1+cu121'; import runpy, sys; sys.argv = ['src.train', 'fit']; "
 FAKE_OLD_TORCH += "runpy.run_module('src.train', run_name='__main__')"
@@ -28,3 +32,17 @@ def test_the_floors_agree_with_the_install_metadata_and_the_readme():
     assert f'requires-python = ">={python_floor}"' in pyproject
     readme = Path(REPO / "README.md").read_text()
     assert f"PyTorch {torch_floor} or newer" in readme and f"Python {python_floor} or newer" in readme
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.5, 2.5])
+def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(workdir, tiny_corpus, after):
+    """0.5 s in, torch is being imported; 2.5 s in, Lightning and the CLI."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.train", "fit", *tiny_args(tiny_corpus)]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err == "chargpt: stopped by Ctrl-C\n"

@@ -206,3 +206,30 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_and_rank_zero_saves(wor
     assert proc.returncode == 143, err[-3000:]
     assert step_of(workdir / "lightning_logs/t/checkpoints/last.ckpt") >= 40
     assert len([line for line in err.splitlines() if line.startswith("chargpt: SIGTERM: saved")]) == 1
+
+
+@pytest.mark.slow
+def test_under_ddp_a_failed_write_stops_every_rank_with_one_message(workdir, tiny_corpus):
+    ddp = {"trainer.devices": 2, "trainer.strategy": "ddp", "model.n_embd": 64, "attention.enabled": "false"}
+    args = tiny_args(tiny_corpus, max_steps=20, **ddp, **{"sample.every_n_steps": 0})
+    proc = start(args, workdir, preexec_fn=small_disk)  # every rank inherits the limit; rank 0 writes
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2, err[-3000:]
+    assert len([line for line in err.splitlines() if "could not write checkpoint" in line]) == 1, err[-3000:]
+    assert "File too large" in err and "Traceback" not in err
+
+
+def test_an_unreadable_checkpoint_names_the_readable_ones_and_the_command(workdir, tiny_corpus, capsys):
+    args = tiny_args(tiny_corpus, max_steps=20)
+    main(["fit", *args])
+    checkpoints = workdir / "lightning_logs/t/checkpoints"
+    last = checkpoints / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # an interrupted copy
+    best = next(checkpoints.glob("best-*.ckpt"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--ckpt_path=last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{last.relative_to(workdir)} is not a readable checkpoint" in err
+    assert f"Readable checkpoints: {best.name} (step {step_of(best)})" in err
+    assert f"To go on from the newest: {resume_command(['fit', *args], str(best.relative_to(workdir)))}" in err

@@ -182,3 +182,70 @@ def test_encoding_in_spawned_workers_gives_the_same_bytes(tmp_path, monkeypatch)
     key = next((tmp_path / "spawn" / "tokens").glob("*.bin")).name
     assert (tmp_path / "spawn" / "tokens" / key).read_bytes() == (tmp_path / "one" / "tokens" / key).read_bytes()
     assert CharTokenizer(spawned.vocab).decode(spawned.ids.tolist()) == text
+
+
+def damage(cache, kind: str, other_bin: bytes) -> None:
+    """What a bad copy, a full disk or an edit by hand leaves of a token cache."""
+    ids, manifest = next(cache.glob("*.bin")), next(cache.glob("*.json"))
+    if kind == "truncated":
+        ids.write_bytes(ids.read_bytes()[: ids.stat().st_size // 2])
+    elif kind == "bad manifest":
+        manifest.write_text('{"format": 1, "dtype": "uint8", "tok')
+    elif kind == "ids outside the vocabulary":
+        with open(ids, "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff" * 10)
+    elif kind == "another corpus's ids":
+        ids.write_bytes(other_bin)
+
+
+DAMAGE = {
+    "truncated": "bytes, not the",
+    "bad manifest": "manifest (.json) that does not parse",
+    "ids outside the vocabulary": "does not match its checksum",
+    "another corpus's ids": "does not match its checksum",
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_cache_is_encoded_again_with_a_notice(tmp_path, capsys, kind):
+    corpus, other = tmp_path / "c.txt", tmp_path / "o.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 50)
+    other.write_text(corpus.read_text()[::-1])  # as long, the same characters, other ids
+    load_tokens([other], "chars", tmp_path / "other")
+    other_bin = next((tmp_path / "other" / "tokens").glob("*.bin")).read_bytes()
+    cache = tmp_path / "cache" / "tokens"
+    load_tokens([corpus], "chars", tmp_path / "cache")
+    damage(cache, kind, other_bin)
+    capsys.readouterr()
+    tokens = load_tokens([corpus], "chars", tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert f"chargpt: token cache {next(cache.glob('*.bin'))} " in err and DAMAGE[kind] in err
+    assert "encoding the corpus again" in err
+    assert CharTokenizer(tokens.vocab).decode(tokens.ids.tolist()) == corpus.read_text()
+    load_tokens([corpus], "chars", tmp_path / "cache")  # healed: the next start is quiet
+    assert "token cache" not in capsys.readouterr().err
+
+
+def test_ids_outside_the_vocabulary_are_refused_even_with_a_matching_checksum(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcabc\n")
+    load_tokens([corpus], "chars", tmp_path)
+    ids = next((tmp_path / "tokens").glob("*.bin"))
+    manifest = next((tmp_path / "tokens").glob("*.json"))
+    ids.write_bytes(b"\x00\x01\x09\x02\x00\x01\x03")
+    meta = json.loads(manifest.read_text())
+    meta["crc32"] = src.token_cache.file_crc32(ids)  # a forged manifest: only the id bound can tell
+    assert src.token_cache.check_ids(ids, meta) == "holds id 9, outside the vocabulary of 4"
+
+
+def test_a_fit_on_a_damaged_cache_heals_it_and_trains(workdir, tiny_corpus, capsys):
+    from src.train import main
+
+    main(["fit", *tiny_args(tiny_corpus, max_steps=2, run_name="a")])
+    damage(workdir / "data" / "tokens", "ids outside the vocabulary", b"")
+    main(["fit", *tiny_args(tiny_corpus, max_steps=4, run_name="b")])
+    assert "does not match its checksum (damaged, or another corpus's file): encoding the corpus again" in (
+        capsys.readouterr().err
+    )
+    assert (workdir / "lightning_logs/b/checkpoints/last.ckpt").exists()
