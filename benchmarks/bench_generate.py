@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.data import ScoredWindows
 from src.decoding import generate
-from src.generate import cpu_has_bf16
+from src.hardware import cpu_has_bf16
 from src.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]

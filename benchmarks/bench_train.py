@@ -37,8 +37,11 @@ def peak_mib(device: str) -> float:
 
 def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) -> float:
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
+
+    from src.board import Embeddings, RunSummary
+    from src.callbacks import LearningRates, Throughput
+    from src.rng import RNGState
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, *args):
@@ -65,7 +68,8 @@ def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) ->
         enable_progress_bar=False,
         enable_model_summary=False,
         gradient_clip_val=1.0,
-        callbacks=[clock, LearningRateMonitor(logging_interval="step")],
+        # what a CLI run brings, so that the overhead measured is the user's
+        callbacks=[clock, LearningRates(logging_interval="step"), Throughput(), RunSummary(), Embeddings(), RNGState()],
     )
     trainer.fit(module, datamodule=dm)
     return clock.seconds

@@ -1,6 +1,6 @@
-"""What TensorBoard shows beyond the loss curves: the HPARAMS table that compares runs, attention maps, and the token
-embeddings in the projector; and a logger without Lightning's ``epoch`` card (a flat line at 0: the training stream
-has no epochs).
+"""What only TensorBoard shows: the HPARAMS table that compares runs, attention maps, and the token embeddings in the
+projector; and the TensorBoard logger itself, without Lightning's ``epoch`` card (a flat line at 0: the training
+stream has no epochs). What every logger and the terminal show is in ``src.callbacks``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
@@ -27,23 +26,6 @@ class TensorBoard(TensorBoardLogger):
         metrics = {name: value for name, value in metrics.items() if name != "epoch"}
         if metrics:
             super().log_metrics(metrics, step)
-
-
-class LearningRates(LearningRateMonitor):
-    """Lightning's LearningRateMonitor, idle in a run without a logger (``--trainer.logger false``) instead of
-    stopping it with an error."""
-
-    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_start(trainer, *args, **kwargs)
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_batch_start(trainer, *args, **kwargs)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 def tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -63,18 +45,22 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
 
 
 class RunSummary(L.Callback):
-    """The run's hyper-parameters in TensorBoard's HPARAMS tab, with ``best_val_loss``, ``final_val_loss`` and
-    ``tokens_per_sec`` as its metrics (TensorBoard reads each metric's latest value from its scalar curve)."""
+    def __init__(self, enabled: bool = True) -> None:
+        """The run's hyper-parameters in TensorBoard's HPARAMS tab, with ``best_val_loss``, ``final_val_loss`` and
+        ``tokens_per_sec`` as its metrics (TensorBoard reads each metric's latest value from its scalar curve).
 
-    def __init__(self) -> None:
-        self.best = math.inf
+        Args:
+            enabled: set false to leave the HPARAMS view and the best/final val loss curves out.
+        """
+        self.enabled, self.best = enabled, math.inf
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         experiment, session_start, session_end = hparams(run_hparams(trainer, pl_module), dict.fromkeys(HP_METRICS, 0))
         for logger in tensorboards(trainer):
-            # into the run's own event file: add_hparams would start a separate run in a sub-folder
+            # into the run's own event file: add_hparams would start a separate run in a sub-folder, and
+            # TensorBoardLogger.log_hyperparams(params, metrics) would also log each metric as a false 0 at step 0
             writer = logger.experiment._get_file_writer()
             for summary in (experiment, session_start, session_end):
                 writer.add_summary(summary)
@@ -163,7 +149,13 @@ def heads_figure(weights: torch.Tensor, ticks: list[str], title: str):
 
 
 class Embeddings(L.Callback):
-    """The token embedding table in TensorBoard's projector at the end of fit, each row named by its token."""
+    def __init__(self, enabled: bool = True) -> None:
+        """The token embedding table in TensorBoard's projector at the end of fit, each row named by its token.
+
+        Args:
+            enabled: set false to skip the projector.
+        """
+        self.enabled = enabled
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -1,14 +1,16 @@
-"""What training shows while it runs: ``SampleText`` (what the model writes, on stdout and in TensorBoard) and
-``Throughput`` (tokens/s, MFU, gradient norm, and plain log lines for batch jobs)."""
+"""What training shows while it runs, on the terminal and to every logger: ``SampleText`` (what the model writes),
+``Throughput`` (tokens/s, MFU, gradient norm, and plain log lines for batch jobs) and ``LearningRates``. What only
+TensorBoard can show is in ``src.board``."""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from src.errors import UserError
@@ -26,6 +28,7 @@ class SampleText(L.Callback):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int = 1337,
+        enabled: bool = True,
     ) -> None:
         """Sample text every N steps and at the end of fit, on rank 0.
 
@@ -37,13 +40,14 @@ class SampleText(L.Callback):
             top_k: sample among the k most likely characters only.
             top_p: sample among the most likely characters that together reach this probability.
             seed: seed of the private generator, so samples at different steps are comparable.
+            enabled: set false for no samples at all.
         """
         check_sampling_args(temperature, top_k, top_p, max_new_tokens=max_new_tokens, flag="--sample.")
         if every_n_steps < 0:
             raise UserError(f"--sample.every_n_steps must be 0 or more, got {every_n_steps}")
         self.every_n_steps, self.prompt, self.max_new_tokens = every_n_steps, prompt, max_new_tokens
         self.options = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-        self.seed = seed
+        self.seed, self.enabled = seed, enabled
         self._last_step = -1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -74,9 +78,11 @@ class Throughput(L.Callback):
     utilisation: the model's training FLOPs per second against the device's peak, stated once as the
     ``mfu_peak`` text) and ``grad_norm`` (before clipping). It reads host timestamps only: Lightning's
     ``ThroughputMonitor`` synchronises the GPU every step. Without a progress bar (a batch job, output to a file)
-    it also prints one plain line per interval: step, loss, val, tokens/s and the time left."""
+    it also prints one plain line per interval: step, loss, val, tokens/s and the time left. Switchable with
+    ``--throughput.enabled false``."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._window: tuple[float, int] | None = None  # (start time, tokens since)
         self._grad_norm: torch.Tensor | None = None
         self._peak = math.nan
@@ -131,3 +137,30 @@ class Throughput(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._window = None
+
+
+class LearningRates(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, idle in a run without a logger (``--trainer.logger false``) instead of
+    stopping it with an error, and switchable (``--lr_monitor.enabled false``)."""
+
+    def __init__(
+        self,
+        logging_interval: Literal["step", "epoch"] | None = None,
+        log_momentum: bool = False,
+        log_weight_decay: bool = False,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__(logging_interval, log_momentum, log_weight_decay)
+        self.enabled = enabled
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)

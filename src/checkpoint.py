@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from src import __version__
+from src.build import build
 from src.errors import UserError
-from src.model import LanguageModel, build_model
-from src.tokenizer import Tokenizer, make_tokenizer
+from src.model import LanguageModel
+from src.tokenizer import Tokenizer
 
 CHECKPOINT_KEY = "chargpt"  # present in every chargpt checkpoint, holding its format version
 FORMAT = 1
@@ -120,9 +121,7 @@ def readable_checkpoints(folder: Path, but: Path | None = None) -> list[tuple[in
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LanguageModel, Tokenizer]:
     """The trained model (in eval mode, on the checkpoint's map_location) and its tokenizer."""
-    hp = ckpt["hyper_parameters"]
-    tokenizer = make_tokenizer(hp.get("tokenizer", "chars"), hp["vocab"])
-    model = build_model(**hp, vocab_size=tokenizer.vocab_size)
+    model, tokenizer = build(ckpt["hyper_parameters"])
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)

@@ -1,9 +1,10 @@
 """Getting the text: a checksum-verified download of tiny-shakespeare, and the files a ``--data.path`` names.
 
-A download lands in a temporary file beside its destination and is renamed into place only once its SHA-256
-matches, so an interrupted or corrupted download is never used. A corpus is one file, a folder (its files,
-recursively, hidden ones aside) or a glob; files are read in sorted order, in chunks, and joined with
-``FILE_SEPARATOR``. ``src.token_cache`` reads them as UTF-8 and skips (or, strictly, refuses) files that are not.
+A download (``torch.hub.download_url_to_file``) lands in a temporary file beside its destination and is moved into
+place only once its SHA-256 matches, so an interrupted or corrupted download is never used. A corpus is one file,
+a folder (its files, recursively, hidden ones aside) or a glob; files are read in sorted order, in chunks, and
+joined with ``FILE_SEPARATOR``. ``src.token_cache`` reads them as UTF-8 and skips (or, strictly, refuses) files
+that are not.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import tempfile
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,31 +33,25 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: str | Path, sha256: str | None, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``dest`` atomically, verifying ``sha256`` (when given) before the file appears."""
+def download(url: str, dest: str | Path, sha256: str | None) -> Path:
+    """Fetch ``url`` to ``dest`` with ``torch.hub.download_url_to_file``: into a temporary file beside ``dest``,
+    checked against ``sha256`` (when given) before it is moved into place, so a bad download never appears."""
+    from torch.hub import download_url_to_file
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise UserError(
-                f"the download from {url} has SHA-256 {digest.hexdigest()}, expected {sha256}; it was discarded. "
-                f"Fetch the file yourself to {dest}, or train on your own text with --data.path FILE"
-            )
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as err:
+        download_url_to_file(url, str(dest), hash_prefix=sha256, progress=False)
+    except RuntimeError as err:  # torch.hub's hash mismatch; the partial file is already gone
+        raise UserError(
+            f"the download from {url} failed its SHA-256 check ({err}); it was discarded. "
+            f"Fetch the file yourself to {dest}, or train on your own text with --data.path FILE"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
         raise UserError(
             f"could not download {url} ({err}). Put the file at {dest} yourself, "
             f"or train on your own text with --data.path FILE"
         ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 

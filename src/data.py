@@ -29,7 +29,7 @@ from src.corpus import (
 )
 from src.errors import UserError
 from src.token_cache import Tokens, load_tokens
-from src.tokenizer import Tokenizer, make_tokenizer
+from src.tokenizer import Tokenizer, make_tokenizer, translate
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -121,7 +121,7 @@ class CharDataModule(L.LightningDataModule):
         self,
         path: str | None = None,
         tokenizer: Literal["chars", "bytes"] = "chars",
-        strict: bool = False,
+        strict_utf8: bool = False,
         cache_dir: str = "data",
         block_size: int = 256,
         batch_size: int = 64,
@@ -141,7 +141,7 @@ class CharDataModule(L.LightningDataModule):
             path: a UTF-8 text file to train on, or a folder (its files, recursively, in sorted order) or a glob
                 of them; leave unset for tiny-shakespeare.
             tokenizer: "chars" (the lecture's: the corpus's characters) or "bytes" (UTF-8 bytes: any text).
-            strict: refuse a folder or glob with files that are not UTF-8, instead of skipping them with a warning.
+            strict_utf8: refuse a folder or glob with files that are not UTF-8, instead of skipping them with a warning.
             cache_dir: where tiny-shakespeare is downloaded to (``<cache_dir>/tinyshakespeare/input.txt``) and
                 where encoded corpora are kept (``<cache_dir>/tokens/``).
             block_size: context length T of every block.
@@ -176,7 +176,7 @@ class CharDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self._tokens: Tokens | None = None
         self.tokenizer: Tokenizer | None = None
-        self.batches_consumed = 0  # training batches trained on so far: the stream position saved in checkpoints
+        self.batches_drawn = 0  # training batches trained on so far: the stream position saved in checkpoints
 
     def prepare_data(self) -> None:
         """Download tiny-shakespeare when it is the corpus, and encode the corpus into its token cache unless it
@@ -190,7 +190,7 @@ class CharDataModule(L.LightningDataModule):
         if self._tokens is None:
             hp = self.hparams
             path = hp.path if hp.path is not None else Path(hp.cache_dir) / SHAKESPEARE_FILE
-            self._tokens = load_tokens(corpus_files(path), hp.tokenizer, hp.cache_dir, hp.strict)
+            self._tokens = load_tokens(corpus_files(path), hp.tokenizer, hp.cache_dir, hp.strict_utf8)
             self.tokenizer = make_tokenizer(hp.tokenizer, self._tokens.vocab)
         return self._tokens
 
@@ -235,7 +235,7 @@ class CharDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         hp = self.hparams
-        stream = BlockStream(self.train_data, hp.block_size, hp.batch_size, hp.seed, rank, start=self.batches_consumed)
+        stream = BlockStream(self.train_data, hp.block_size, hp.batch_size, hp.seed, rank, start=self.batches_drawn)
         return self._loader(stream, hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -254,34 +254,18 @@ class CharDataModule(L.LightningDataModule):
         memory-mapped when the two vocabularies are the same, else translated into a byte (or four) per token."""
         hp = self.hparams
         flag = "--data.test_path"
-        tokens = load_tokens(corpus_files(path, flag), hp.tokenizer, hp.cache_dir, hp.strict, flag)
+        tokens = load_tokens(corpus_files(path, flag), hp.tokenizer, hp.cache_dir, hp.strict_utf8, flag)
         if len(tokens.ids) < 2:
             raise UserError(f"--data.test_path {path} has no text to score: give it at least two characters")
-        vocab = self.tokenizer.vocab
-        if tokens.vocab == vocab:
-            return tokens.ids
-        missing = [ch for ch in tokens.vocab if ch not in vocab]
-        if missing:
-            raise UserError(
-                f"--data.test_path {path} has {len(missing)} character(s) outside the model's vocabulary: "
-                f"{''.join(missing)!r}. Vocabulary: {vocab!r}. Score a text written in those characters"
-            )
-        table = torch.tensor(
-            [vocab.index(ch) for ch in tokens.vocab], dtype=torch.uint8 if len(vocab) <= 256 else torch.int32
-        )
-        ids = torch.empty(len(tokens.ids), dtype=table.dtype)
-        for start in range(0, len(ids), 1 << 24):  # a chunk at a time: no int64 copy of the whole text
-            ids[start : start + (1 << 24)] = table[tokens.ids[start : start + (1 << 24)].long()]
-        return ids
+        return translate(tokens.ids, tokens.vocab, self.tokenizer.vocab, f"--data.test_path {path}")
 
     def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if self.trainer is not None and self.trainer.training:
-            self.batches_consumed += 1
+            self.batches_drawn += 1
         return batch
 
-    # the key keeps its first name so that checkpoints written before the rename still resume
     def state_dict(self) -> dict[str, int]:
-        return {"batches_drawn": self.batches_consumed}
+        return {"batches_drawn": self.batches_drawn}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.batches_consumed = int(state_dict["batches_drawn"])
+        self.batches_drawn = int(state_dict["batches_drawn"])

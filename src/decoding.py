@@ -5,7 +5,7 @@ Every model call has one of two shapes: one token per sample at position p (a de
 of ``block_size`` tokens (prompts are padded to it: causal attention never lets a real position see the padding,
 and the step at a padded slot overwrites it before reading it). Attention reads the whole cache under a position
 mask (``src.model.KVCache``), so ``torch.compile`` builds each shape once.
-The draw happens inside the step (``src.sampling.pick``), from noise drawn outside it with the caller's
+The draw happens inside the step (``src.sampling.draw``), from noise drawn outside it with the caller's
 generators: the same tokens as ``torch.multinomial`` with that generator, compiled or not.
 
 Cache modes, for text longer than the context window (``block_size``):
@@ -26,25 +26,44 @@ from typing import Any
 
 import torch
 
+from src.errors import UserError
 from src.model import LanguageModel
-from src.sampling import check_sampling_args, exponential_noise, pick, sample_next, with_start_token
+from src.sampling import draw, exponential_noise, sample_next, sampling_problems
 
 Generators = torch.Generator | list[torch.Generator] | None
+CACHE_MODES = ("exact", "window", "none")  # see the module docstring
+
+
+def check_decoding_args(
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cache: str = "exact",
+    max_new_tokens: int = 1,
+    flag: str = "",
+) -> None:
+    """Refuse bad sampling options and cache modes, all of them in one message (``flag`` as in
+    ``src.sampling.check_sampling_args``)."""
+    problems = sampling_problems(temperature, top_k, top_p, max_new_tokens, flag)
+    if cache not in CACHE_MODES:
+        problems.append(f"{flag}cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    if problems:
+        raise UserError("invalid sampling options: " + "; ".join(problems))
 
 
 def next_token(
     model: LanguageModel,
     idx: torch.Tensor,
     input_pos: torch.Tensor,
-    last: torch.Tensor,
+    index: torch.Tensor,
     noise: torch.Tensor | None,
     temperature: float,
     top_k: int | None,
     top_p: float | None,
 ) -> torch.Tensor:
-    """The token (B, 1) after position ``last`` of ``idx`` (B, T) at ``input_pos`` (T,): the step that is
+    """The token (B, 1) after position ``index`` of ``idx`` (B, T) at ``input_pos`` (T,): the step that is
     compiled."""
-    return pick(model.next_logits(idx, input_pos, last), noise, temperature, top_k, top_p)
+    return draw(model.next_logits(idx, input_pos, index), noise, temperature, top_k, top_p)
 
 
 @functools.cache
@@ -57,7 +76,7 @@ def compiled_next_token() -> Any:
 
 class Decoder:
     """Draws the next token of B samples from ``model`` (in ``dtype``, a copy when that differs) with a static
-    cache: ``window`` for up to ``block_size`` tokens from position 0, ``step`` for one more token each."""
+    cache: ``prefill`` for up to ``block_size`` tokens from position 0, ``step`` for one more token each."""
 
     def __init__(
         self,
@@ -94,28 +113,28 @@ class Decoder:
         self.model.clear_cache()
         self.model.train(self.training)
 
-    def window(self, idx: torch.Tensor, generator: Generators) -> torch.Tensor:
+    def prefill(self, idx: torch.Tensor, generator: Generators) -> torch.Tensor:
         """The token after ``idx`` (B, T <= block_size), its first token at position 0; caches all of it."""
         if idx.size(1) <= self.short:
             for position in range(idx.size(1) - 1):
-                self.step(idx[:, position : position + 1], position, generator, draw=False)
+                self.step(idx[:, position : position + 1], position, generator, draws=False)
             return self.step(idx[:, -1:], idx.size(1) - 1, generator)
         self.padded[:, : idx.size(1)] = idx
-        last = torch.tensor(idx.size(1) - 1, device=self.device)
-        return self._call(self.padded, self.positions, last, generator)
+        index = torch.tensor(idx.size(1) - 1, device=self.device)
+        return self._call(self.padded, self.positions, index, generator)
 
-    def step(self, token: torch.Tensor, position: int, generator: Generators, draw: bool = True) -> torch.Tensor:
+    def step(self, token: torch.Tensor, position: int, generator: Generators, draws: bool = True) -> torch.Tensor:
         """The token after ``token`` (B, 1) at ``position``, the cache holding every earlier position; with
-        ``draw=False`` only the cache matters, and the generators are left alone."""
+        ``draws=False`` only the cache matters, and the generators are left alone."""
         input_pos = torch.tensor([position], device=self.device)
         self.token.copy_(token)
-        return self._call(self.token, input_pos, torch.tensor(0, device=self.device), generator, draw)
+        return self._call(self.token, input_pos, torch.tensor(0, device=self.device), generator, draws)
 
-    def _call(self, idx, input_pos, last, generator: Generators, draw: bool = True) -> torch.Tensor:
+    def _call(self, idx, input_pos, index, generator: Generators, draws: bool = True) -> torch.Tensor:
         noise = None if self.options[0] == 0 else self.no_noise  # greedy takes none
-        if noise is not None and draw:
+        if noise is not None and draws:
             noise = exponential_noise(self.batch_size, self.vocab_size, generator, self.device)
-        return self.forward(self.model, idx, input_pos, last, noise, *self.options)
+        return self.forward(self.model, idx, input_pos, index, noise, *self.options)
 
 
 @torch.inference_mode()
@@ -133,14 +152,17 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` tokens (B, 1) that continue the prompt ``idx`` (B, T), one at a time.
 
-    An empty prompt starts from ``START_TOKEN``; a prompt longer than the context window is cropped to its last
+    The prompt needs a token at least (``src.tokenizer.prompt_ids`` starts an empty text from a newline, the
+    lecture's rule); a prompt longer than the context window is cropped to its last
     ``block_size`` tokens. See the module docstring for ``cache``. ``generator`` is one for the batch or one per
     sample (then each sample is what it would be alone with its generator). ``compile`` and ``dtype`` (e.g.
     ``torch.bfloat16`` weights) apply to the cached modes.
     """
-    check_sampling_args(temperature, top_k, top_p, cache, max_new_tokens)
+    check_decoding_args(temperature, top_k, top_p, cache, max_new_tokens)
+    if idx.size(1) == 0:
+        raise ValueError("an empty prompt: give one token at least (src.tokenizer.prompt_ids turns '' into a newline)")
     window = model.config.block_size
-    seq = with_start_token(idx)[:, -window:]
+    seq = idx[:, -window:]
     if cache == "none":
         yield from _uncached(model, seq, max_new_tokens, (temperature, top_k, top_p), generator)
         return
@@ -152,7 +174,7 @@ def generate_tokens(
                 cached += 1
             else:
                 refill = seq[:, -(window // 2 or 1) :] if cache == "window" and cached else seq[:, -window:]
-                token = decoder.window(refill, generator)
+                token = decoder.prefill(refill, generator)
                 cached = refill.size(1)
             seq = torch.cat([seq[:, -window:], token], dim=1)
             yield token
@@ -173,6 +195,6 @@ def _uncached(model, seq: torch.Tensor, max_new_tokens: int, options: tuple, gen
 
 
 def generate(model: LanguageModel, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
-    """The prompt ``idx`` (B, T) (``START_TOKEN`` if empty) followed by ``max_new_tokens`` sampled tokens: what
-    ``generate_tokens`` yields with the same ``options``, collected."""
-    return torch.cat([with_start_token(idx), *generate_tokens(model, idx, max_new_tokens, **options)], dim=1)
+    """The prompt ``idx`` (B, T) followed by ``max_new_tokens`` sampled tokens: what ``generate_tokens`` yields
+    with the same ``options``, collected."""
+    return torch.cat([idx, *generate_tokens(model, idx, max_new_tokens, **options)], dim=1)

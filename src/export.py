@@ -29,8 +29,7 @@ class AllLogits(nn.Module):
         self.model = model
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        # targets make forward return every position's logits; the loss it also computes is dropped
-        logits, _ = self.model(idx, torch.zeros_like(idx))
+        logits, _ = self.model(idx)
         return logits
 
 

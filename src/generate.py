@@ -17,10 +17,10 @@ from typing import TextIO
 import torch
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
-from src.decoding import generate_tokens
+from src.decoding import CACHE_MODES, check_decoding_args, generate_tokens
 from src.errors import UserError
+from src.hardware import decode_dtype, pick_device
 from src.pretrained import from_pretrained, is_pretrained
-from src.sampling import CACHE_MODES, check_sampling_args
 from src.tokenizer import prompt_ids
 
 SEPARATOR = "\n---------------\n"
@@ -73,44 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
-        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-        if not available.get(device.type, False):
-            raise UserError(f"--device {name}: no such device here; use --device auto")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-BF16_MIN_PARAMS = 4_000_000  # below this, bf16 decodes slower on a CPU: the casts cost more than the reads save
-
-
-def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 (or AMX): the CPU multiplies bf16 natively; elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def decode_dtype(name: str, model, device: torch.device) -> torch.dtype | None:
-    """The dtype of the weights to decode with: ``auto`` takes bfloat16 on CPUs that multiply it natively, for
-    models big enough to gain from halving the bytes each token reads (docs/performance.md); float32 otherwise."""
-    if name != "auto":
-        return getattr(torch, name)
-    big = model.num_params() >= BF16_MIN_PARAMS
-    return torch.bfloat16 if device.type == "cpu" and big and cpu_has_bf16() else None
-
-
 def read_prompt(args: argparse.Namespace) -> str:
     if args.prompt_file is None:
         return args.prompt
@@ -122,7 +84,7 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad values before the checkpoint is read."""
-    check_sampling_args(args.temperature, args.top_k, args.top_p, args.cache, args.max_new_tokens, flag="--")
+    check_decoding_args(args.temperature, args.top_k, args.top_p, args.cache, args.max_new_tokens, flag="--")
     if args.num_samples < 1:
         raise UserError(f"--num_samples must be positive, got {args.num_samples}")
 
@@ -156,7 +118,7 @@ def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device
     for o, decode in zip(outs, decoders):
         o.write(decode(prompt))
     out.flush()
-    texts = [Held(o, args.stop) for o in outs]
+    texts = [StopAtText(o, args.stop) for o in outs]
     running = set(range(n))
     started, produced = time.perf_counter(), 0
     tokens = generate_tokens(model, idx.expand(n, -1), args.max_new_tokens, generator=generators, **options)
@@ -180,7 +142,7 @@ def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device
     )
 
 
-class Held:
+class StopAtText:
     """Streams a sample's text to ``out``, holding back just enough to cut it where ``stop`` first appears."""
 
     def __init__(self, out: TextIO, stop: str | None) -> None:

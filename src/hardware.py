@@ -1,14 +1,17 @@
-"""What the device a run lands on can do: the precision a run takes when none is given, and the peak FLOP/s that
-MFU is measured against. The rules live here, apart from the Trainer and the callbacks that use them."""
+"""What the device a run lands on can do, and the rules that follow: the precision a run takes when none is given,
+the peak FLOP/s that MFU is measured against, the device ``--device auto`` picks and the dtype decoding's weights
+take. The rules live here, apart from the Trainer, the callbacks and the CLIs that use them."""
 
 from __future__ import annotations
 
 import math
 import time
 import warnings
+from pathlib import Path
 
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
+
+from src.errors import UserError
 
 # CUDA compute capability from which bf16 runs on tensor cores (Ampere: A100, RTX 30xx, L4, H100); below it (T4,
 # V100: Colab's free GPUs) bf16 is emulated and slow, while fp16 has tensor cores
@@ -60,6 +63,8 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
     it knows the device, else the best of eight timed 1024x1024 matmuls in the run's dtype."""
     dtype = precision_dtype(precision)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    from lightning.fabric.utilities.throughput import get_available_flops  # here: the CLIs need no Lightning
+
     with warnings.catch_warnings():  # an unknown device is not a problem: it is measured below
         warnings.simplefilter("ignore")
         listed = get_available_flops(device, dtype)
@@ -76,3 +81,42 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best, f"measured: a {n}x{n} {str(dtype).removeprefix('torch.')} matmul on {device.type}"
+
+
+def pick_device(name: str) -> torch.device:
+    """The device ``--device`` names (auto: CUDA, then MPS, then the CPU), refused by name if absent."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if not available.get(device.type, False):
+            raise UserError(f"--device {name}: no such device here; use --device auto")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+BF16_MIN_PARAMS = 4_000_000  # below this, bf16 decodes slower on a CPU: the casts cost more than the reads save
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 (or AMX): the CPU multiplies bf16 natively; elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def decode_dtype(name: str, model: torch.nn.Module, device: torch.device) -> torch.dtype | None:
+    """The dtype of the weights to decode with: ``auto`` takes bfloat16 on CPUs that multiply it natively, for
+    models big enough to gain from halving the bytes each token reads (docs/performance.md); float32 otherwise."""
+    if name != "auto":
+        return getattr(torch, name)
+    big = sum(p.numel() for p in model.parameters()) >= BF16_MIN_PARAMS
+    return torch.bfloat16 if device.type == "cpu" and big and cpu_has_bf16() else None

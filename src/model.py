@@ -70,6 +70,11 @@ class KVCache(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    """The lecture's multi-head masked self-attention: each of ``n_head`` heads lets every position gather the
+    values of the positions up to its own, weighted by how well its query matches their keys (scaled dot products,
+    softmax over the past), and the heads' outputs, side by side, are projected back to ``n_embd``. The q, k, v of
+    all heads come from one Linear (the lecture's per-head ``key``/``query``/``value`` layers, fused)."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.n_embd, self.head_size = config.n_head, config.n_embd, config.head_size
@@ -93,28 +98,40 @@ class CausalSelfAttention(nn.Module):
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
-    def forward(
-        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Attention's output at every position of ``x``, or with ``last`` (a 0-d index) at that one only."""
-        B, T, C = x.shape
-        q, k, v = self._qkv(x)
-        if input_pos is not None or last is not None:
-            query_pos = torch.arange(T, device=x.device) if input_pos is None else input_pos
-            if last is not None:
-                q, query_pos = q.index_select(2, last.view(1)), query_pos.index_select(0, last.view(1))
-            if input_pos is not None:
-                if self.kv_cache is None:
-                    raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
-                k, v = self.kv_cache.update(input_pos, k, v)
-            y = self._masked_attention(q, k, v, query_pos)
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention's output (B, T, C) at every position of ``x`` (B, T, C); with ``input_pos`` (T,), the positions
+        of ``x`` in a KV cache that holds the earlier ones (see ``GPT.setup_cache``)."""
+        q, k, v = self._qkv(x)  # (B, nh, T, hs) each
+        if input_pos is not None:
+            k, v = self._cached(input_pos, k, v)
+            y = self._masked_attention(q, k, v, input_pos)
         elif self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's fused CPU kernels refuse dropout; its fallback is slower and keeps far more for backward
             y = causal_attention_with_dropout(q, k, v, self.dropout, self.head_size**-0.5)
         else:
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.head_size**-0.5)
-        y = y.transpose(1, 2).contiguous().view(B, q.size(2), C)  # heads side by side again
+        return self._project(y)  # (B, T, C)
+
+    def forward_at(self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """For decoding: attention's output (B, 1, C) at position ``index`` (a 0-d tensor) of ``x`` only, every
+        position of ``x`` still written to the cache (if ``input_pos`` is given) as a key and value."""
+        q, k, v = self._qkv(x)  # (B, nh, T, hs) each
+        if input_pos is None:
+            input_pos = torch.arange(x.size(1), device=x.device)
+        else:
+            k, v = self._cached(input_pos, k, v)
+        q, query_pos = q.index_select(2, index.view(1)), input_pos.index_select(0, index.view(1))  # (B, nh, 1, hs)
+        return self._project(self._masked_attention(q, k, v, query_pos))  # (B, 1, C)
+
+    def _cached(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        if self.kv_cache is None:
+            raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
+        return self.kv_cache.update(input_pos, k, v)  # (B, nh, block_size, hs) each
+
+    def _project(self, y: torch.Tensor) -> torch.Tensor:
+        B, nh, T, hs = y.shape
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     def _masked_attention(self, q, k, v, query_pos: torch.Tensor) -> torch.Tensor:
@@ -128,6 +145,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """The lecture's per-position computation after attention's communication: widen to 4 * n_embd, ReLU, project
+    back (each position on its own)."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
@@ -135,7 +155,7 @@ class FeedForward(nn.Module):
         self.dropout = BoolMaskDropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
 
 
 class Block(nn.Module):
@@ -148,13 +168,14 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = FeedForward(config)
 
-    def forward(
-        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The block's output (B, T, C), or with ``last`` (a 0-d index into T) that position's only (B, 1, C):
-        the other positions still serve as keys and values, but nothing reads their outputs."""
-        residual = x if last is None else x.index_select(1, last.view(1))
-        x = residual + self.attn(self.ln_1(x), input_pos, last)
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_at(self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """For decoding: the block's output (B, 1, C) at position ``index`` only; the other positions still serve
+        as keys and values, but nothing reads their outputs."""
+        x = x.index_select(1, index.view(1)) + self.attn.forward_at(self.ln_1(x), input_pos, index)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -170,35 +191,35 @@ class LanguageModel(nn.Module):
         """The layer that turns ``features`` into logits."""
         raise NotImplementedError
 
-    def features(
-        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """What ``head`` reads at each position of ``idx`` (B, T); ``input_pos`` as in ``forward``, as a tensor.
-        With ``last`` (a 0-d index into T), only that position's (B, 1, C)."""
+    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``head`` reads at each position of ``idx`` (B, T); ``input_pos`` as in ``forward``, as a tensor."""
+        raise NotImplementedError
+
+    def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """For decoding: ``features`` (B, 1, C) at position ``index`` (a 0-d tensor) of ``idx`` only."""
         raise NotImplementedError
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: int | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) and the mean cross-entropy when ``targets`` are given; otherwise the logits of the
-        last position only (B, 1, V), all that sampling needs. ``input_pos`` (with a cache from ``setup_cache``)
-        is the position of ``idx[:, 0]``, or a tensor (T,) of the positions of all of ``idx``: tokens before them
-        are read from the cache."""
+        """The lecture's contract: logits (B, T, V) for every position of ``idx`` (B, T), and the mean
+        cross-entropy against ``targets`` (B, T) when they are given (positions marked -100 do not count).
+        ``input_pos`` (with a cache from ``setup_cache``) is the position of ``idx[:, 0]``, or a tensor (T,) of the
+        positions of all of ``idx``: tokens before them are read from the cache."""
         if isinstance(input_pos, int):
             end = input_pos + idx.size(1)
             if end > self.config.block_size:
                 raise ValueError(f"{end} positions do not fit in block_size {self.config.block_size}")
             input_pos = torch.arange(input_pos, end, device=idx.device)
-        x = self.features(idx, input_pos)
+        logits = self.head(self.features(idx, input_pos))  # (B, T, V)
         if targets is None:
-            return self.head(x[:, -1:]), None
-        logits = self.head(x)
+            return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
-    def next_logits(self, idx: torch.Tensor, input_pos: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """The logits (B, V) after position ``last`` (a 0-d index into T) of ``idx`` (B, T) at ``input_pos`` (T,):
-        with ``last`` a tensor, prompts of any length can be padded to one shape."""
-        return self.head(self.features(idx, input_pos, last)[:, 0])
+    def next_logits(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """For decoding (``src.decoding``): the logits (B, V) after position ``index`` (a 0-d tensor) of ``idx``
+        (B, T) at ``input_pos`` (T,); with ``index`` a tensor, prompts of any length can be padded to one shape."""
+        return self.head(self.features_at(idx, input_pos, index)[:, 0])
 
     def setup_cache(self, batch_size: int) -> None:
         """Allocate what cached decoding (``forward(..., input_pos=...)``) needs, in the weights' dtype; a no-op
@@ -220,6 +241,9 @@ class LanguageModel(nn.Module):
 
 
 class GPT(LanguageModel):
+    """The lecture's decoder-only transformer: token plus position embeddings, ``n_layer`` blocks of attention and
+    feed-forward, a final LayerNorm and a Linear head that scores every token of the vocabulary as the next one."""
+
     vocab_axes = {"transformer.wte.weight": (0,), "lm_head.weight": (0,), "lm_head.bias": (0,)}
 
     def __init__(self, config: GPTConfig) -> None:
@@ -253,16 +277,20 @@ class GPT(LanguageModel):
     def head(self) -> nn.Module:
         return self.lm_head
 
-    def features(
-        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x = self._embed(idx, input_pos)
+    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._embed(idx, input_pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, input_pos)
+        return self.transformer.ln_f(x)
+
+    def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        # the final block works on one position: past the window, exact decoding recomputes a whole window per
+        # token, and this spares it the final block's projection and MLP at every other position
+        x = self._embed(idx, input_pos)  # (B, T, C)
         *blocks, final = self.transformer.h
         for block in blocks:
             x = block(x, input_pos)
-        # with last, the final block works on one position: past the window, exact decoding recomputes a whole
-        # window per token, and this spares it the final block's projection and MLP at every other position
-        return self.transformer.ln_f(final(x, input_pos, last))
+        return self.transformer.ln_f(final.forward_at(x, input_pos, index))  # (B, 1, C)
 
     def _embed(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         if input_pos is None:
@@ -312,17 +340,26 @@ class BigramLanguageModel(LanguageModel):
     def head(self) -> nn.Module:
         return self.token_embedding_table
 
-    def features(
-        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, last: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         # the table reads the token itself, so cached decoding (input_pos) needs no cache at all
-        return idx if last is None else idx.index_select(1, last.view(1))
+        return idx
+
+    def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        return idx.index_select(1, index.view(1))
 
     def token_embeddings(self) -> torch.Tensor:
         return self.token_embedding_table.weight
 
 
-MODELS = {"gpt": GPT, "bigram": BigramLanguageModel}
+MODELS = {"gpt": GPT, "bigram": BigramLanguageModel}  # model_type -> class: the registry every path builds from
+
+
+def model_type_of(model: LanguageModel) -> str:
+    """The registry's name for ``model``'s class."""
+    for name, cls in MODELS.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not in src.model.MODELS: register it there to save or export it")
 
 
 def build_model(model_type: str = "gpt", **values: Any) -> LanguageModel:

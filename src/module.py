@@ -16,15 +16,13 @@ import torch
 from torch.nn import functional as F
 from torchmetrics import MeanMetric, SumMetric
 
-from src.board import Embeddings, RunSummary
-from src.callbacks import Throughput
+from src.build import build
 from src.checkpoint import init_from_checkpoint, mark
 from src.decoding import generate
 from src.errors import UserError
-from src.model import LanguageModel, build_model
+from src.model import LanguageModel
 from src.optim import MuonAdamW, adamw, hidden_matrices, warmup_cosine
-from src.rng import RNGState
-from src.tokenizer import Tokenizer, make_tokenizer, prompt_ids
+from src.tokenizer import Tokenizer, prompt_ids
 
 
 class CharGPT(L.LightningModule):
@@ -102,8 +100,7 @@ class CharGPT(L.LightningModule):
     def build_network(self, vocab: str) -> None:
         """Build the network and tokenizer for ``vocab``, which the checkpoint's hyper-parameters then record."""
         self.hparams.vocab = vocab
-        self.tokenizer = make_tokenizer(self.hparams.tokenizer, vocab)
-        self.model = build_model(**self.hparams, vocab_size=self.tokenizer.vocab_size)
+        self.model, self.tokenizer = build(self.hparams)
 
     def setup(self, stage: str) -> None:
         # after the data module's prepare_data and setup: its vocabulary is known
@@ -129,10 +126,6 @@ class CharGPT(L.LightningModule):
         if self.hparams.compile and not self._compiled:
             self.model.compile()  # in place, so state-dict keys keep their names
             self._compiled = True
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        # with any Trainer: the RNG state that exact resumption needs, and what TensorBoard shows of the run
-        return [RNGState(), Throughput(), RunSummary(), Embeddings()]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
@@ -171,7 +164,7 @@ class CharGPT(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch  # y is -100 where a window does not score (see CharDataModule.test_dataloader)
-        logits, _ = self.model(x, y)
+        logits, _ = self.model(x)
         nll = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), reduction="sum")
         self.test_nll.update(nll)
         self.test_chars.update((y != -100).sum())

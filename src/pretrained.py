@@ -5,12 +5,12 @@ layout the Hugging Face Hub uses, readable anywhere without this repository's ch
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
+from src.build import build, describe
 from src.errors import UserError
-from src.model import GPT, LanguageModel, build_model
-from src.tokenizer import Tokenizer, make_tokenizer
+from src.model import LanguageModel
+from src.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 FORMAT = 1
@@ -21,9 +21,7 @@ def save_pretrained(model: LanguageModel, tokenizer: Tokenizer, folder: str | Pa
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model_type = "gpt" if isinstance(model, GPT) else "bigram"
-    config = {"chargpt_format": FORMAT, "model_type": model_type, **asdict(model.config)}
-    config |= {"tokenizer": tokenizer.kind, "vocab": tokenizer.vocab}
+    config = {"chargpt_format": FORMAT, **describe(model, tokenizer)}
     (folder / CONFIG).write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     save_file(weights, folder / WEIGHTS, metadata={"format": "pt"})
@@ -48,7 +46,6 @@ def from_pretrained(folder: str | Path, device: str = "cpu") -> tuple[LanguageMo
         ) from None
     if config.get("chargpt_format") != FORMAT:
         raise UserError(f"{folder / CONFIG} is not a chargpt export of format {FORMAT}")
-    tokenizer = make_tokenizer(config["tokenizer"], config["vocab"])
-    model = build_model(**config)
+    model, tokenizer = build(config)
     model.load_state_dict(weights)
     return model.to(device).eval(), tokenizer

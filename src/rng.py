@@ -14,6 +14,14 @@ import torch
 
 
 class RNGState(L.Callback):
+    def __init__(self, enabled: bool = True) -> None:
+        """Keeps the random-number state in checkpoints, so that a resumed run draws what an uninterrupted one would.
+
+        Args:
+            enabled: set false only if exact resumption does not matter to you.
+        """
+        self.enabled = enabled
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),

@@ -12,20 +12,26 @@ from torch.nn import functional as F
 
 from src.errors import UserError
 
-CACHE_MODES = ("exact", "window", "none")  # see src.decoding
-START_TOKEN = 0  # what an empty tensor prompt starts from (the CLI and CharGPT.sample start from a newline instead)
-
 
 def check_sampling_args(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    cache: str = "exact",
     max_new_tokens: int = 1,
     flag: str = "",
-) -> None:
+) -> list[str]:
     """Refuse bad sampling options, all of them in one message; ``flag`` prefixes each name as the caller's option
     (``--`` for the generate CLI, ``--sample.`` for the training callback)."""
+    problems = sampling_problems(temperature, top_k, top_p, max_new_tokens, flag)
+    if problems:
+        raise UserError("invalid sampling options: " + "; ".join(problems))
+    return problems
+
+
+def sampling_problems(
+    temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int, flag: str = ""
+) -> list[str]:
+    """What is wrong with these sampling options, one phrase each (empty when nothing is)."""
     problems = []
     if max_new_tokens < 1:
         problems.append(f"{flag}max_new_tokens must be positive, got {max_new_tokens}")
@@ -35,15 +41,7 @@ def check_sampling_args(
         problems.append(f"{flag}top_k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         problems.append(f"{flag}top_p must be in (0, 1], got {top_p}")
-    if cache not in CACHE_MODES:
-        problems.append(f"{flag}cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
-    if problems:
-        raise UserError("invalid sampling options: " + "; ".join(problems))
-
-
-def with_start_token(idx: torch.Tensor) -> torch.Tensor:
-    """The prompt (B, T), or ``START_TOKEN`` (B, 1) when it is empty."""
-    return idx if idx.size(1) else torch.full((idx.size(0), 1), START_TOKEN, dtype=torch.long, device=idx.device)
+    return problems
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -66,7 +64,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 def exponential_noise(
     batch_size: int, vocab_size: int, generator: torch.Generator | list[torch.Generator] | None, device
 ) -> torch.Tensor:
-    """Exp(1) draws (B, V) for ``pick``: from one generator for the whole batch, or one generator per row, so
+    """Exp(1) draws (B, V) for ``draw``: from one generator for the whole batch, or one generator per row, so
     that a row of a batch draws what it would draw alone."""
     noise = torch.empty(batch_size, vocab_size, device=device)
     if isinstance(generator, (list, tuple)):
@@ -76,7 +74,7 @@ def exponential_noise(
     return noise.exponential_(generator=generator)
 
 
-def pick(
+def draw(
     logits: torch.Tensor,
     noise: torch.Tensor | None,
     temperature: float = 1.0,
@@ -104,6 +102,6 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """One token id per row of ``logits`` (B, V), as (B, 1): ``pick`` with fresh noise."""
+    """One token id per row of ``logits`` (B, V), as (B, 1): ``draw`` with fresh noise."""
     noise = None if temperature == 0 else exponential_noise(*logits.shape, generator, logits.device)
-    return pick(logits, noise, temperature, top_k, top_p)
+    return draw(logits, noise, temperature, top_k, top_p)

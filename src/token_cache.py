@@ -89,11 +89,13 @@ def load_tokens(
         meta, problem = read_manifest(stem)
         if meta is None or problem is not None:
             raise UserError(f"the token cache in {stem.parent} cannot be written back readable: check the disk")
-    if meta["skipped"]:  # every run says so, and --data.strict refuses a cache made without it
+    if meta["skipped"]:  # every run says so, and --data.strict_utf8 refuses a cache made without it
         count, shown = len(meta["skipped"]), ", ".join(meta["skipped"][:10])
         shown += f" and {count - 10} more" if count > 10 else ""
         if strict:
-            raise UserError(f"--data.strict: {count} corpus file(s) are not UTF-8: {shown}; convert them with iconv")
+            raise UserError(
+                f"--data.strict_utf8: {count} corpus file(s) are not UTF-8: {shown}; convert them with iconv"
+            )
         print(f"chargpt: warning: skipped {count} file(s) that are not UTF-8: {shown}", file=sys.stderr)
     # copy-on-write: a writable array for torch, while the file itself is never written
     ids = np.memmap(stem.with_suffix(".bin"), dtype=meta["dtype"], mode="c", shape=(meta["tokens"],))
@@ -162,7 +164,7 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool, flag: st
                 problem = NotUTF8(path, *error)
                 raise UserError(
                     f"corpus file {problem}: convert it, e.g. with `iconv -t utf-8`, and pass it with {flag}"
-                    + (", or leave --data.strict off to skip it" if len(files) > 1 else "")
+                    + (", or leave --data.strict_utf8 off to skip it" if len(files) > 1 else "")
                 )
             skipped.add(path)
         counts[path, start] = tokens

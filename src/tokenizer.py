@@ -9,6 +9,8 @@ from __future__ import annotations
 import codecs
 from collections.abc import Callable
 
+import torch
+
 from src.errors import UserError
 
 TOKENIZERS = ("chars", "bytes")
@@ -89,6 +91,28 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     if prompt:
         return tokenizer.encode(prompt)
     return tokenizer.encode("\n") if "\n" in tokenizer.vocab else [0]
+
+
+def translate(ids: torch.Tensor, source_vocab: str, target_vocab: str, source: str) -> torch.Tensor:
+    """``ids`` of ``source_vocab`` as the ids of the same characters in ``target_vocab``, a byte (or four) each,
+    computed a chunk at a time (no int64 copy of a whole text); characters ``target_vocab`` lacks are refused by
+    name, ``source`` saying whose they are (a flag and a path)."""
+    if source_vocab == target_vocab:
+        return ids
+    missing = [ch for ch in source_vocab if ch not in target_vocab]
+    if missing:
+        raise UserError(
+            f"{source} has {len(missing)} character(s) outside the model's vocabulary: {''.join(missing)!r}. "
+            f"Vocabulary: {target_vocab!r}. Score a text written in those characters"
+        )
+    index = {ch: i for i, ch in enumerate(target_vocab)}
+    table = torch.tensor(
+        [index[ch] for ch in source_vocab], dtype=torch.uint8 if len(target_vocab) <= 256 else torch.int32
+    )
+    out = torch.empty(len(ids), dtype=table.dtype)
+    for start in range(0, len(ids), 1 << 24):
+        out[start : start + (1 << 24)] = table[ids[start : start + (1 << 24)].long()]
+    return out
 
 
 def check_ids(ids: list[int], vocab_size: int) -> list[int]:

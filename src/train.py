@@ -13,20 +13,23 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from src.board import AttentionMaps, LearningRates
-from src.callbacks import SampleText
+from src.board import AttentionMaps, Embeddings, RunSummary
+from src.callbacks import LearningRates, SampleText, Throughput
 from src.checkpoint import load_checkpoint, readable_checkpoints
 from src.data import CharDataModule
 from src.errors import UserError
 from src.hardware import default_precision
 from src.last_checkpoint import LastCheckpoint, Trainer, TrainingInterrupted
 from src.module import CharGPT
+from src.rng import RNGState
 
 LOG_ROOT = "lightning_logs"  # the default of --trainer.default_root_dir
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shakespeare_char.yaml"
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -67,7 +70,12 @@ class ChargptCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRates, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
-        parser.add_lightning_class_args(AttentionMaps, "attention")
+        parser.add_lightning_class_args(AttentionMaps, "attention_maps")
+        # the rest of what a run shows and keeps, each switchable with --<name>.enabled false
+        parser.add_lightning_class_args(Throughput, "throughput")
+        parser.add_lightning_class_args(RunSummary, "run_summary")
+        parser.add_lightning_class_args(Embeddings, "embeddings")
+        parser.add_lightning_class_args(RNGState, "rng_state")
         # block_size and the tokenizer are given once, under data, and reach the model; the vocabulary reaches it
         # in CharGPT.setup, once prepare_data has encoded the corpus
         parser.link_arguments("data.block_size", "model.block_size")
@@ -75,11 +83,18 @@ class ChargptCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         self._argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+        refuse_renamed(self._argv)
         super().parse_arguments(parser, args)
         if self.config.get("subcommand"):
             config, subcommand = self.config[self.config.subcommand], self.config.subcommand
             self._settle_defaults(config, subcommand)
             self._settle_ckpt_path(config, subcommand)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # one switch for each of chargpt's callbacks: --<name>.enabled false leaves it out of the run
+        trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True)]
+        return trainer
 
     def _settle_defaults(self, config, subcommand: str) -> None:
         """The run's logger, checkpoint folders and precision, unless the config gives them; bad values refused."""
@@ -156,6 +171,39 @@ class ChargptCLI(LightningCLI):
             )
 
 
+RENAMED = {"attention": "attention_maps", "data.strict": "data.strict_utf8"}  # old config keys -> new
+
+
+def refuse_renamed(args: list[str]) -> None:
+    """A clear error for a config key that has been renamed, given as a flag or in a --config file."""
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for old, new in RENAMED.items():
+        flags = [a for a in args if a == f"--{old}" or a.startswith((f"--{old}.", f"--{old}="))]
+        if flags:
+            raise UserError(
+                f"{flags[0].split('=')[0]}: {old} is now called {new}; use --{new}"
+                + flags[0][len(old) + 2 :].split("=")[0]
+            )
+        for path in configs:
+            section = yaml_section(path, old)
+            if section is not None:
+                raise UserError(f"{path}: the key {old} is now called {new}: rename it in the file")
+
+
+def yaml_section(path: str, dotted: str):
+    """The value at ``dotted`` (a.b) in the YAML file ``path``, or None (also when the file does not parse)."""
+    try:
+        node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
 @rank_zero_only
 def notice(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -198,10 +246,25 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
     )
 
 
+def with_default_config(args: list[str]) -> list[str]:
+    """``args`` with ``--config configs/shakespeare_char.yaml`` after the subcommand when they name no config: the
+    code's own defaults describe the lecture's 10.8M model, hours of work on a CPU, while the default run is that
+    config. Its settings stay overridable by any flag after it."""
+    if not args or args[0] not in ChargptCLI.subcommands() or any(a.split("=")[0] == "--config" for a in args):
+        return args
+    if not DEFAULT_CONFIG.is_file():
+        raise UserError(f"no --config given and the default {DEFAULT_CONFIG} is missing: pass --config FILE")
+    return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
+
+
 def main(args: list[str] | None = None) -> None:
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later GPUs; no effect on the CPU
     try:
-        build_cli(args)
+        if args is None:  # the command line itself, which DDP's child processes are started with again
+            sys.argv[1:] = with_default_config(sys.argv[1:])
+            build_cli()
+        else:
+            build_cli(with_default_config(list(args)))
     except UserError as err:
         notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
         sys.exit(2)

@@ -7,10 +7,20 @@ import sys
 import pytest
 import torch
 
-from src.checkpoint import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint, save_atomically
+from src.checkpoint import (
+    CHECKPOINT_KEY,
+    init_from_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_atomically,
+)
 from src.errors import UserError
+from src.generate import main as generate_main
+from src.model import build_model
 from src.module import CharGPT
-from tests.conftest import REPO, RunsCode, bad_checkpoints
+from src.tokenizer import CharTokenizer
+from src.train import main as train_main
+from tests.conftest import REPO, TINY_TEXT, RunsCode, bad_checkpoints, tiny_args
 
 VOCAB = "\n !abcdefghij"
 
@@ -89,3 +99,43 @@ def test_a_write_where_folders_cannot_be_synced_gives_the_same_file(tmp_path, mo
     with pytest.raises(UserError, match="could not write checkpoint"):  # the file's own fsync still counts
         save_atomically(checkpoint, tmp_path / "nosync" / "posix.ckpt")
     assert (tmp_path / "windows" / "posix.ckpt").read_bytes() == (tmp_path / "posix.ckpt").read_bytes()
+
+
+def test_init_from_carries_shared_characters_over_and_initialises_new_ones(ckpt):
+    source, source_tokenizer = model_from_checkpoint(load_checkpoint(ckpt))
+    vocab = "".join(sorted(set(source_tokenizer.vocab) - {"z"} | {"Z", "X"}))
+    tokenizer = CharTokenizer(vocab)
+    hp = load_checkpoint(ckpt)["hyper_parameters"]
+    model = build_model(**hp, vocab_size=tokenizer.vocab_size)
+    fresh = model.transformer.wte.weight.detach().clone()
+    message = init_from_checkpoint(model, tokenizer, ckpt)
+    shared = [t for t in vocab if t in source_tokenizer.vocab]
+    assert f"{len(shared)} of this vocabulary's {len(vocab)} tokens carried over" in message
+    for token in vocab:
+        new, row = tokenizer.stoi[token], model.transformer.wte.weight[tokenizer.stoi[token]]
+        if token in source_tokenizer.stoi:
+            assert torch.equal(row, source.transformer.wte.weight[source_tokenizer.stoi[token]])
+            assert torch.equal(model.lm_head.bias[new], source.lm_head.bias[source_tokenizer.stoi[token]])
+        else:
+            assert torch.equal(row, fresh[new])  # a new character keeps its initialisation
+    assert torch.equal(model.transformer.h[0].attn.c_attn.weight, source.transformer.h[0].attn.c_attn.weight)
+
+
+def test_fine_tuning_on_another_corpus_trains_and_generates(ckpt, workdir, capsys):
+    other = workdir / "other.txt"
+    other.write_text(TINY_TEXT.upper() + "Zounds! Quoth Xavier.\n" * 20)  # many new characters, some shared
+    args = tiny_args(other, max_steps=10, run_name="tuned", **{"model.dropout": 0.0})
+    train_main(["fit", *args, f"--model.init_from={ckpt}"])
+    assert "initialised from" in capsys.readouterr().err
+    tuned = workdir / "lightning_logs/tuned/checkpoints/last.ckpt"
+    assert load_checkpoint(tuned)["global_step"] == 10  # a new run: steps from 0
+    capsys.readouterr()
+    generate_main([f"--ckpt_path={tuned}", "--prompt=ZOUNDS", "--max_new_tokens=20"])
+    assert capsys.readouterr().out.startswith("ZOUNDS")
+
+
+def test_init_from_another_architecture_is_refused(ckpt, workdir, tiny_corpus, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["fit", *tiny_args(tiny_corpus, **{"model.n_embd": 32}), f"--model.init_from={ckpt}"])
+    assert exit_info.value.code == 2
+    assert "is another architecture (n_embd 16 vs 32)" in capsys.readouterr().err

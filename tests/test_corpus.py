@@ -43,7 +43,7 @@ def test_corrupted_download_is_rejected_and_never_used(served, tmp_path):
     root, base = served
     (root / "input.txt").write_text("tampered\n")
     cache = tmp_path / "cache"
-    with pytest.raises(UserError, match="expected 00") as err:
+    with pytest.raises(UserError, match='failed its SHA-256 check .*expected "00') as err:
         ensure_shakespeare(cache, url=f"{base}/input.txt", sha256="00" * 32)
     assert "--data.path" in str(err.value)
     assert not (cache / SHAKESPEARE_FILE).exists()

@@ -69,14 +69,14 @@ def test_ranks_draw_different_blocks(tiny_corpus):
 def test_resuming_continues_the_stream_exactly(tiny_corpus):
     uninterrupted = take(make_dm(tiny_corpus), 10)
     first = make_dm(tiny_corpus)
-    first.batches_consumed = 4  # what on_before_batch_transfer counts while training
+    first.batches_drawn = 4  # what on_before_batch_transfer counts while training
     state = first.state_dict()
     resumed = make_dm(tiny_corpus)
     resumed.load_state_dict(state)
     assert same(take(resumed, 6), uninterrupted[4:])
 
 
-def test_batches_consumed_while_training_are_counted(tiny_corpus):
+def test_batches_drawn_while_training_are_counted(tiny_corpus):
     dm = make_dm(tiny_corpus)
     dm.trainer = SimpleNamespace(global_rank=0, training=True)
     for batch in take(dm, 3):

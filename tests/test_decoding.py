@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from src.decoding import generate
+from src.decoding import generate, generate_tokens
+from src.model import BigramLanguageModel, GPTConfig
 from tests.conftest import tiny_gpt
 
 PROMPT = torch.tensor([[1, 2, 3]])
@@ -99,3 +101,61 @@ def test_a_model_compiled_in_place_still_decodes_eagerly():
     for cache, tokens in expected.items():
         assert torch.equal(generate(model, PROMPT, 30, generator=seeded(2), cache=cache), tokens)
     assert counters["stats"]["unique_graphs"] == before
+
+
+@pytest.mark.parametrize("length", [10, 40])  # inside the 16-token window, and well beyond it
+def test_greedy_cached_equals_uncached_token_for_token(length):
+    torch.manual_seed(3)
+    model = tiny_gpt()
+    prompt = torch.randint(0, 11, (2, 3))
+    exact = generate(model, prompt, length, temperature=0, cache="exact")
+    reference = generate(model, prompt, length, temperature=0, cache="none")
+    assert torch.equal(exact, reference)
+
+
+def test_sampled_cached_equals_uncached_with_the_same_generator():
+    model = tiny_gpt()
+    prompt = torch.randint(0, 11, (2, 3))
+    runs = [
+        generate(model, prompt, 30, top_k=5, generator=torch.Generator().manual_seed(9), cache=cache)
+        for cache in ("exact", "none")
+    ]
+    assert torch.equal(*runs)
+
+
+def test_window_mode_is_exact_inside_the_window_and_keeps_going_beyond():
+    model = tiny_gpt()
+    prompt = torch.randint(0, 11, (1, 2))
+    window = generate(model, prompt, 40, temperature=0, cache="window")
+    exact = generate(model, prompt, 40, temperature=0, cache="exact")
+    assert window.shape == (1, 42)
+    assert torch.equal(window[:, :16], exact[:, :16])
+
+
+def test_prompts_empty_and_too_long():
+    model = tiny_gpt()
+    with pytest.raises(ValueError, match="an empty prompt"):  # one rule for it: src.tokenizer.prompt_ids
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 5, temperature=0)
+    long_prompt = torch.randint(0, 11, (1, 30))
+    new_from_long = generate(model, long_prompt, 5, temperature=0)[:, 30:]
+    new_from_cropped = generate(model, long_prompt[:, -16:], 5, temperature=0)[:, 16:]
+    assert torch.equal(new_from_long, new_from_cropped)
+
+
+def test_generation_ignores_dropout_state_and_global_rng():
+    model = tiny_gpt(dropout=0.5)
+    state = torch.get_rng_state()
+    generate_tokens_out = list(
+        generate_tokens(model, torch.zeros(1, 1, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0))
+    )
+    assert len(generate_tokens_out) == 5
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_bigram_generates_in_every_cache_mode():
+    model = BigramLanguageModel(GPTConfig(vocab_size=11, block_size=8))
+    idx = torch.randint(0, 11, (2, 8))
+    out = generate(model, idx[:, :2], 20, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (2, 22)
+    greedy = [generate(model, idx[:, :2], 12, temperature=0, cache=c) for c in ("exact", "window", "none")]
+    assert torch.equal(greedy[0], greedy[2]) and torch.equal(greedy[1], greedy[2])

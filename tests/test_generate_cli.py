@@ -148,16 +148,10 @@ def test_no_prompt_starts_from_a_newline_whatever_its_id(tmp_path, monkeypatch, 
     assert out.startswith("\n")
 
 
-def test_dtype_auto_takes_bf16_only_for_big_models_on_bf16_cpus(monkeypatch):
-    from src import generate as cli
-    from src.model import GPT, GPTConfig
-
-    small = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))  # 0.8M params
-    big = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=3, n_head=4, n_embd=384))  # 5.4M params
-    cpu = torch.device("cpu")
-    assert cli.decode_dtype("float32", big, cpu) is torch.float32
-    assert cli.decode_dtype("bfloat16", small, cpu) is torch.bfloat16
-    for native, expected in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(cli, "cpu_has_bf16", lambda native=native: native)
-        assert cli.decode_dtype("auto", big, cpu) is expected
-        assert cli.decode_dtype("auto", small, cpu) is None
+def test_stop_ends_each_sample_where_the_text_first_appears(ckpt, capsys):
+    args = [f"--ckpt_path={ckpt}", "--prompt=All:", "--max_new_tokens=80", "--seed=2"]
+    new = generate(capsys, *args)[0][len("All:") :]
+    assert "e" in new  # this seed's sample does hold the stop text
+    assert generate(capsys, *args, "--stop=e")[0] == "All:" + new[: new.index("e")] + "\n"
+    samples = generate(capsys, *args, "--stop=e", "--num_samples=3")[0].rstrip("\n").split("\n---------------\n")
+    assert len(samples) == 3 and all(s.startswith("All:") and "e" not in s[4:] for s in samples)

@@ -63,3 +63,18 @@ def test_an_unlisted_or_misread_device_is_measured(fake_cuda, monkeypatch):
     fake_cuda((8, 9), "NVIDIA L40S")  # Lightning's table reads this as an L4
     monkeypatch.setattr(torch, "full", lambda *a, **k: torch.ones(*a[:1], dtype=k["dtype"]))  # no CUDA memory here
     assert peak_flops(torch.device("cuda"), "bf16-mixed")[1].startswith("measured")
+
+
+def test_dtype_auto_takes_bf16_only_for_big_models_on_bf16_cpus(monkeypatch):
+    from src import hardware as cli
+    from src.model import GPT, GPTConfig
+
+    small = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))  # 0.8M params
+    big = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=3, n_head=4, n_embd=384))  # 5.4M params
+    cpu = torch.device("cpu")
+    assert cli.decode_dtype("float32", big, cpu) is torch.float32
+    assert cli.decode_dtype("bfloat16", small, cpu) is torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(cli, "cpu_has_bf16", lambda native=native: native)
+        assert cli.decode_dtype("auto", big, cpu) is expected
+        assert cli.decode_dtype("auto", small, cpu) is None

@@ -14,7 +14,7 @@ import torch
 
 from src import last_checkpoint
 from src.checkpoint import load_checkpoint
-from src.train import main, resume_command
+from src.train import main, resume_command, with_default_config
 from tests.conftest import REPO, tiny_args
 
 
@@ -210,7 +210,7 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_and_rank_zero_saves(wor
 
 @pytest.mark.slow
 def test_under_ddp_a_failed_write_stops_every_rank_with_one_message(workdir, tiny_corpus):
-    ddp = {"trainer.devices": 2, "trainer.strategy": "ddp", "model.n_embd": 64, "attention.enabled": "false"}
+    ddp = {"trainer.devices": 2, "trainer.strategy": "ddp", "model.n_embd": 64, "attention_maps.enabled": "false"}
     args = tiny_args(tiny_corpus, max_steps=20, **ddp, **{"sample.every_n_steps": 0})
     proc = start(args, workdir, preexec_fn=small_disk)  # every rank inherits the limit; rank 0 writes
     _, err = proc.communicate(timeout=180)
@@ -232,4 +232,5 @@ def test_an_unreadable_checkpoint_names_the_readable_ones_and_the_command(workdi
     err = capsys.readouterr().err
     assert f"{last.relative_to(workdir)} is not a readable checkpoint" in err
     assert f"Readable checkpoints: {best.name} (step {step_of(best)})" in err
-    assert f"To go on from the newest: {resume_command(['fit', *args], str(best.relative_to(workdir)))}" in err
+    command = resume_command(with_default_config(["fit", *args]), str(best.relative_to(workdir)))
+    assert f"To go on from the newest: {command}" in err

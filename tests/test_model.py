@@ -11,8 +11,7 @@ from tests.conftest import tiny_gpt
 
 
 def all_logits(model, idx, input_pos=None):
-    """Logits at every position (forward returns only the last one unless targets are given)."""
-    return model(idx, torch.zeros_like(idx), input_pos=input_pos)[0]
+    return model(idx, input_pos=input_pos)[0]
 
 
 def test_parameter_counts_match_the_lecture():
@@ -106,10 +105,14 @@ def test_the_model_can_learn_a_tiny_text():
     assert loss.item() < 0.05
 
 
-def test_inference_projects_only_the_last_position():
+def test_forward_gives_every_positions_logits_with_or_without_targets():
+    """The lecture's contract: logits (B, T, V) for every position; the loss only when targets are given."""
     model = tiny_gpt()
-    logits, loss = model(torch.randint(0, 11, (2, 7)))
-    assert logits.shape == (2, 1, 11) and loss is None
+    idx = torch.randint(0, 11, (2, 7))
+    logits, loss = model(idx)
+    assert logits.shape == (2, 7, 11) and loss is None
+    with_targets, loss = model(idx, idx)
+    assert torch.equal(with_targets, logits) and loss.ndim == 0
 
 
 def test_decode_step_sees_every_cached_key():
@@ -193,3 +196,17 @@ def test_model_module_is_plain_pytorch():
     code = "import sys, src.model; sys.exit(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') "
     code += "for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_attention_maps_are_the_models_weights_rows_of_distributions_over_the_past():
+    model = tiny_gpt(n_layer=2, n_head=2)
+    idx = torch.randint(0, 11, (1, 12))
+    maps = model.attention_maps(idx)
+    assert len(maps) == 2 and maps[0].shape == (1, 2, 12, 12)
+    for weights in maps:
+        assert torch.allclose(weights.sum(-1), torch.ones(1, 2, 12))
+        assert torch.all(weights.triu(1) == 0)
+    attn, x = model.transformer.h[0].attn, model.transformer.h[0].ln_1(model._embed(idx))
+    _, _, v = attn._qkv(x)
+    by_hand = attn.c_proj((maps[0] @ v).transpose(1, 2).reshape(1, 12, -1))
+    assert torch.allclose(by_hand, attn(x), atol=1e-6)  # what forward applies to the values

@@ -1,22 +1,26 @@
-"""The export folder: written and read back by tests/test_export.py; here, what is refused."""
+"""The export folder: written and read back by tests/test_export.py and tests/test_build.py; here, what is refused."""
 
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from src.errors import UserError
 from src.pretrained import from_pretrained, is_pretrained
 
 
-def test_a_bad_export_folder_is_refused_clearly(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
+def test_an_unreadable_export_folder_is_refused_clearly(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # and no weights at all
     with pytest.raises(UserError, match="not a readable chargpt export"):
         from_pretrained(tmp_path)
 
 
-def test_a_folder_from_something_else_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt"}))
-    (tmp_path / "model.safetensors").write_bytes(b"")
+@pytest.mark.parametrize("config", [{"model_type": "gpt"}, {"chargpt_format": 99, "model_type": "gpt"}])
+def test_a_readable_folder_of_another_format_is_refused(tmp_path, config):
+    """Config and weights both read; only the format check can refuse it."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
     assert is_pretrained(tmp_path) and not is_pretrained(tmp_path / "config.json")
-    with pytest.raises(UserError, match="not a"):
+    with pytest.raises(UserError, match="is not a chargpt export of format 1"):
         from_pretrained(tmp_path)

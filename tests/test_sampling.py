@@ -3,10 +3,7 @@ import math
 import pytest
 import torch
 
-from src.decoding import generate, generate_tokens
-from src.model import BigramLanguageModel, GPTConfig
 from src.sampling import check_sampling_args, sample_next, top_k_filter, top_p_filter
-from tests.conftest import tiny_gpt
 
 
 def kept(logits: torch.Tensor) -> set[int]:
@@ -66,70 +63,8 @@ def test_same_generator_seed_same_sample_and_global_rng_untouched():
         ({"top_k": 0}, "top_k must be at least 1, got 0"),
         ({"top_p": 0.0}, "top_p must be in \\(0, 1\\], got 0.0"),
         ({"top_p": 1.5}, "top_p must be in \\(0, 1\\], got 1.5"),
-        ({"cache": "fast"}, "cache must be one of exact, window, none, got 'fast'"),
     ],
 )
 def test_invalid_sampling_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         check_sampling_args(**kwargs)
-
-
-# cache modes and prompts, on a tiny GPT (see the module docstring of src/sampling.py)
-
-
-@pytest.mark.parametrize("length", [10, 40])  # inside the 16-token window, and well beyond it
-def test_greedy_cached_equals_uncached_token_for_token(length):
-    torch.manual_seed(3)
-    model = tiny_gpt()
-    prompt = torch.randint(0, 11, (2, 3))
-    exact = generate(model, prompt, length, temperature=0, cache="exact")
-    reference = generate(model, prompt, length, temperature=0, cache="none")
-    assert torch.equal(exact, reference)
-
-
-def test_sampled_cached_equals_uncached_with_the_same_generator():
-    model = tiny_gpt()
-    prompt = torch.randint(0, 11, (2, 3))
-    runs = [
-        generate(model, prompt, 30, top_k=5, generator=torch.Generator().manual_seed(9), cache=cache)
-        for cache in ("exact", "none")
-    ]
-    assert torch.equal(*runs)
-
-
-def test_window_mode_is_exact_inside_the_window_and_keeps_going_beyond():
-    model = tiny_gpt()
-    prompt = torch.randint(0, 11, (1, 2))
-    window = generate(model, prompt, 40, temperature=0, cache="window")
-    exact = generate(model, prompt, 40, temperature=0, cache="exact")
-    assert window.shape == (1, 42)
-    assert torch.equal(window[:, :16], exact[:, :16])
-
-
-def test_prompts_empty_and_too_long():
-    model = tiny_gpt()
-    from_empty = generate(model, torch.zeros(1, 0, dtype=torch.long), 5, temperature=0)
-    assert from_empty.shape == (1, 6) and from_empty[0, 0] == 0  # starts from token 0, as the seeds do
-    long_prompt = torch.randint(0, 11, (1, 30))
-    new_from_long = generate(model, long_prompt, 5, temperature=0)[:, 30:]
-    new_from_cropped = generate(model, long_prompt[:, -16:], 5, temperature=0)[:, 16:]
-    assert torch.equal(new_from_long, new_from_cropped)
-
-
-def test_generation_ignores_dropout_state_and_global_rng():
-    model = tiny_gpt(dropout=0.5)
-    state = torch.get_rng_state()
-    generate_tokens_out = list(
-        generate_tokens(model, torch.zeros(1, 1, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0))
-    )
-    assert len(generate_tokens_out) == 5
-    assert torch.equal(state, torch.get_rng_state())
-
-
-def test_bigram_generates_in_every_cache_mode():
-    model = BigramLanguageModel(GPTConfig(vocab_size=11, block_size=8))
-    idx = torch.randint(0, 11, (2, 8))
-    out = generate(model, idx[:, :2], 20, generator=torch.Generator().manual_seed(1))
-    assert out.shape == (2, 22)
-    greedy = [generate(model, idx[:, :2], 12, temperature=0, cache=c) for c in ("exact", "window", "none")]
-    assert torch.equal(greedy[0], greedy[2]) and torch.equal(greedy[1], greedy[2])

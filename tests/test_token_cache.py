@@ -125,12 +125,14 @@ def test_a_folder_is_its_utf8_files_in_order_and_the_rest_is_skipped_with_a_warn
 
 
 def test_strict_refuses_a_folder_with_a_file_that_is_not_utf8(folder, tmp_path, capsys):
-    with pytest.raises(UserError, match=r"latin1.txt is not UTF-8 \(byte 0xe9 at offset 3\).*--data.strict"):
+    with pytest.raises(UserError, match=r"latin1.txt is not UTF-8 \(byte 0xe9 at offset 3\).*--data.strict_utf8"):
         load_tokens(corpus_files(folder), "chars", tmp_path / "cache", strict=True)
     load_tokens(corpus_files(folder), "chars", tmp_path / "cache")  # cached, skipping the file
     load_tokens(corpus_files(folder), "chars", tmp_path / "cache")  # from the cache: the warning again
     assert capsys.readouterr().err.count("skipped 1 file(s) that are not UTF-8") == 2
-    with pytest.raises(UserError, match="--data.strict: 1 corpus file.*latin1.txt"):  # the cache does not bypass it
+    with pytest.raises(
+        UserError, match="--data.strict_utf8: 1 corpus file.*latin1.txt"
+    ):  # the cache does not bypass it
         load_tokens(corpus_files(folder), "chars", tmp_path / "cache", strict=True)
 
 

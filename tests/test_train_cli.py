@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint
@@ -38,7 +39,7 @@ def test_fit_writes_checkpoints_and_tensorboard(workdir, tiny_corpus, capsys):
     tags = scalars(run)
     for tag in ("train_loss", "val_loss", "val_bpc", "tokens_per_sec"):
         assert tag in tags, tag
-    assert any(tag.startswith("lr-AdamW") for tag in tags)
+    assert any(tag.startswith("lr-MuonAdamW") for tag in tags)  # the default config trains with Muon
     assert len(tags["val_loss"]) == 2  # at steps 10 and 20 (Lightning files them under the step before)
     assert tags["val_bpc"][-1][1] == pytest.approx(tags["val_loss"][-1][1] / 0.6931471805599453, rel=1e-5)
     acc = EventAccumulator(str(run))
@@ -310,3 +311,46 @@ def test_a_val_loss_threshold_ends_fit_and_saves_last_checkpoint(workdir, tiny_c
     ckpt = torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10  # the first validation, not max_steps
     assert len(scalars(workdir / "lightning_logs" / "t")["val_loss"]) == 1
+
+
+def test_fit_without_a_config_is_the_default_config(workdir, capsys):
+    """The code's defaults are the lecture's 10.8M model; the default run is configs/shakespeare_char.yaml."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    default = yaml.safe_load((REPO / "configs/shakespeare_char.yaml").read_text())
+    assert config["run_name"] == default["run_name"] and config["model"]["n_embd"] == default["model"]["n_embd"]
+    assert config["model"]["optimizer"] == "muon" and config["trainer"]["max_steps"] == default["trainer"]["max_steps"]
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.n_layer=2", "--print_config"])  # flags still override it
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["n_layer"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--attention.enabled=false"], "attention is now called attention_maps; use --attention_maps.enabled"),
+        (
+            ["--data.strict", "true"],
+            "--data.strict: data.strict is now called data.strict_utf8; use --data.strict_utf8",
+        ),
+    ],
+)
+def test_a_renamed_key_gets_its_new_name(workdir, tiny_corpus, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args(tiny_corpus), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    (workdir / "old.yaml").write_text("attention:\n  enabled: false\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(workdir / "old.yaml"), *tiny_args(tiny_corpus)])
+    assert "old.yaml: the key attention is now called attention_maps" in capsys.readouterr().err
+
+
+def test_each_callback_can_be_switched_off(workdir, tiny_corpus):
+    off = {f"{name}.enabled": "false" for name in ("throughput", "run_summary", "embeddings", "lr_monitor", "sample")}
+    main(["fit", *tiny_args(tiny_corpus, max_steps=10, **off)])
+    acc = EventAccumulator(str(workdir / "lightning_logs/t"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert "val_loss" in scalars and not scalars & {"tokens_per_sec", "best_val_loss", "lr-MuonAdamW/decay"}
+    assert not (workdir / "lightning_logs/t/projector_config.pbtxt").exists()
