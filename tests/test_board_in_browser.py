@@ -117,7 +117,7 @@ def board(workdir, tiny_corpus):
 def test_tensorboard_pages_render_the_runs_curves_images_and_hparams(board):
     browser, url = board
     curves = ["train_loss", "val_loss", "val_bpc", "best_val_loss", "final_val_loss", "tokens_per_sec", "mfu"]
-    curves += ["grad_norm", "lr-AdamW/decay", "lr-AdamW/no_decay"]
+    curves += ["grad_norm", "lr-MuonAdamW/muon", "lr-MuonAdamW/decay", "lr-MuonAdamW/no_decay"]  # the default: Muon
     text = browser.text_once_shown(f"{url}/#scalars&tagFilter=.*", curves)  # every card, no group folded
     for tag in curves:
         assert tag in text, tag
