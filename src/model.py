@@ -1,7 +1,7 @@
 """The lecture's decoder-only transformer (GPT) and its bigram baseline, in plain PyTorch.
 
 Shapes: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size (C // nh), V vocabulary size.
-The architecture is the lecture's, parameter for parameter (209,729 at the seed notebook's size, 10,788,929 at the
+The architecture is the lecture's, parameter for parameter (209,729 at the lecture notebook's size, 10,788,929 at the
 final lecture size); what differs is speed (one fused q/k/v projection, ``scaled_dot_product_attention``, and on
 CPUs the dropout of ``src.dropout``), the attention scale (``hs ** -0.5``; the lecture's final code uses
 ``C ** -0.5``), GPT-2 style init, and a KV cache.

@@ -13,7 +13,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]  # the complement: each tensor lands in exactly one group
-    # the names label the learning-rate curves (lr-AdamW/decay, lr-AdamW/no_decay)
+    # the names label the learning-rate curves (lr-AdamW/decay, or lr-MuonAdamW/decay with Muon)
     return [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
