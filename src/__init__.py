@@ -35,12 +35,33 @@ def refuse(what: str, floor: tuple[int, int], found: str, fix: str) -> None:
     sys.exit(2)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C once an entry point runs, before training installs its own handler: it unwinds to the entry point
+    (so temporary files are removed), which says one line and exits 130. A BaseException, so that Lightning passes
+    it on instead of handling it as a KeyboardInterrupt (its message, exit status 1)."""
+
+
 def stop_on_ctrl_c(signum: int, frame: object) -> None:
+    if _entered:
+        raise Interrupted
+    # still importing: an exception raised here can be swallowed by the library being imported (numpy did, and
+    # went on half-initialised), so stop at once; nothing has been written yet
+    say_stopped()
+    os._exit(128 + signum)
+
+
+def entered() -> None:
+    """Called by each entry point's ``main``: from here on Ctrl-C unwinds as ``Interrupted``."""
+    global _entered
+    _entered = True
+
+
+def say_stopped() -> None:
     if os.getpid() == MAIN_PID and os.environ.get("LOCAL_RANK", "0") == "0":  # one line, not one per process
         print("chargpt: stopped by Ctrl-C", file=sys.stderr, flush=True)
-    sys.exit(128 + signum)
 
 
+_entered = False
 MAIN_PID = os.getpid()
 if sys.argv[:1] == ["-m"]:  # what sys.argv[0] is while `python -m src.x` imports the package, and never otherwise
     signal.signal(signal.SIGINT, stop_on_ctrl_c)

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from src import Interrupted, entered, say_stopped
 from src.board import AttentionMaps, Embeddings, RunSummary
 from src.callbacks import LearningRates, SampleText, Throughput
 from src.checkpoint import load_checkpoint, readable_checkpoints
@@ -258,6 +259,7 @@ def with_default_config(args: list[str]) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> None:
+    entered()
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later GPUs; no effect on the CPU
     try:
         if args is None:  # the command line itself, which DDP's child processes are started with again
@@ -268,6 +270,9 @@ def main(args: list[str] | None = None) -> None:
     except UserError as err:
         notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
         sys.exit(2)
+    except Interrupted:
+        say_stopped()
+        sys.exit(130)
     except TrainingInterrupted as stop:
         if stop.step is None:
             notice(f"chargpt: {stop}; the previous last.ckpt, if any, is intact")

@@ -36,6 +36,15 @@ def test_default_precision_on_this_gpu_trains_and_resumes_as_if_never_stopped(wo
         torch.testing.assert_close(split["state_dict"][name], weights, rtol=1e-2, atol=1e-3, msg=name)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_16_mixed_with_loss_scaling_and_clipping(workdir, tiny_corpus, optimizer):
+    """What a T4 or V100 gets by default: the GradScaler must unscale every gradient, Muon's included, before
+    clipping, and the weights stay finite."""
+    fit(tiny_corpus, 10, "--trainer.precision=16-mixed", f"--model.optimizer={optimizer}")
+    state = last(workdir)["state_dict"]
+    assert all(torch.isfinite(w).all() for w in state.values() if w.is_floating_point())
+
+
 def test_compiled_training(workdir, tiny_corpus):
     fit(tiny_corpus, 10, "--model.compile=true")
     assert last(workdir)["global_step"] == 10
