@@ -39,9 +39,8 @@ def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) ->
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from src.board import Embeddings, RunSummary
-    from src.callbacks import LearningRates, Throughput
-    from src.rng import RNGState
+    from src.callbacks import LearningRates
+    from src.train import RUN_CALLBACKS
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, *args):
@@ -69,7 +68,7 @@ def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) ->
         enable_model_summary=False,
         gradient_clip_val=1.0,
         # what a CLI run brings, so that the overhead measured is the user's
-        callbacks=[clock, LearningRates(logging_interval="step"), Throughput(), RunSummary(), Embeddings(), RNGState()],
+        callbacks=[clock, LearningRates(logging_interval="step"), *(c() for c in RUN_CALLBACKS.values())],
     )
     trainer.fit(module, datamodule=dm)
     return clock.seconds

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check, one command on a machine with a CUDA GPU (about 5-8 minutes on one H100-class GPU):
-#   1. the gpu tests (tests/test_gpu.py): bf16 fit and resume, compiled training, fused attention with dropout
-#      against the math path, DDP on one device, compiled decoding equal to eager;
+# The GPU check, one command on a machine with a CUDA GPU (meant to fit 8 minutes on one H100-class GPU; not yet
+# timed on one):
+#   1. the gpu tests (tests/test_gpu.py): default-precision fit and resume, 16-mixed with loss scaling, compiled
+#      training, fused attention with dropout against the math path, DDP on one device, compiled decoding = eager;
 #   2. configs/gpt_lecture.yaml for its 5,000 steps: wall time, tokens/s, MFU, best val loss;
 #   3. generation from that checkpoint: tokens/s for 500 characters, eager and compiled.
 # bash benchmarks/gpu_check.sh --cpu-smoke runs the same steps on the CPU with a tiny stand-in model and 20 steps

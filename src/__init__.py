@@ -6,10 +6,12 @@ imports and set-up ends it with one line and exit status 130 instead of a traceb
 handler (``src.last_checkpoint``), which saves first.
 """
 
+import contextlib
 import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
 
 __version__ = "0.1.0"
 
@@ -36,7 +38,7 @@ def refuse(what: str, floor: tuple[int, int], found: str, fix: str) -> None:
 
 
 class Interrupted(BaseException):
-    """Ctrl-C once an entry point runs, before training installs its own handler: it unwinds to the entry point
+    """Ctrl-C once an entry point runs, before training installs its own handler: it unwinds to ``entry_point``
     (so temporary files are removed), which says one line and exits 130. A BaseException, so that Lightning passes
     it on instead of handling it as a KeyboardInterrupt (its message, exit status 1)."""
 
@@ -50,10 +52,17 @@ def stop_on_ctrl_c(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
-def entered() -> None:
-    """Called by each entry point's ``main``: from here on Ctrl-C unwinds as ``Interrupted``."""
+@contextlib.contextmanager
+def entry_point() -> Iterator[None]:
+    """What each entry point's ``main`` runs in: from here on Ctrl-C unwinds as ``Interrupted``, and ends here with
+    one line and exit status 130."""
     global _entered
     _entered = True
+    try:
+        yield
+    except Interrupted:
+        say_stopped()
+        sys.exit(130)
 
 
 def say_stopped() -> None:

@@ -102,7 +102,7 @@ class AttentionMaps(L.Callback):
         self.enabled, self.prompt_chars = enabled, prompt_chars
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
             return
         if not tensorboards(trainer):
             return

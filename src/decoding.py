@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from src.errors import UserError
 from src.model import LanguageModel
-from src.sampling import draw, exponential_noise, sample_next, sampling_problems
+from src.sampling import check_sampling_args, draw, exponential_noise, sample_next
 
 Generators = torch.Generator | list[torch.Generator] | None
 CACHE_MODES = ("exact", "window", "none")  # see the module docstring
@@ -44,11 +43,10 @@ def check_decoding_args(
 ) -> None:
     """Refuse bad sampling options and cache modes, all of them in one message (``flag`` as in
     ``src.sampling.check_sampling_args``)."""
-    problems = sampling_problems(temperature, top_k, top_p, max_new_tokens, flag)
-    if cache not in CACHE_MODES:
-        problems.append(f"{flag}cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
-    if problems:
-        raise UserError("invalid sampling options: " + "; ".join(problems))
+    bad_cache = (
+        [f"{flag}cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}"] if cache not in CACHE_MODES else []
+    )
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens, flag, also=bad_cache)
 
 
 def next_token(

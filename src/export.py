@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src import Interrupted, entered, say_stopped
+from src import entry_point
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.errors import UserError
 from src.model import LanguageModel
@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    entered()
-    args = build_parser().parse_args(argv)
+    with entry_point():
+        export(build_parser().parse_args(argv))
+
+
+def export(args: argparse.Namespace) -> None:
     try:
         model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path))
         out = Path(args.out)
@@ -79,9 +82,6 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"chargpt export: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except Interrupted:
-        say_stopped()
-        sys.exit(130)
     print(f"wrote {', '.join(written)} to {out}", file=sys.stderr)
 
 

@@ -16,7 +16,7 @@ from typing import TextIO
 
 import torch
 
-from src import Interrupted, entered, say_stopped
+from src import entry_point
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.decoding import CACHE_MODES, check_decoding_args, generate_tokens
 from src.errors import UserError
@@ -170,16 +170,13 @@ class StopAtText:
 
 
 def main(argv: list[str] | None = None) -> None:
-    entered()
-    args = build_parser().parse_args(argv)
-    try:
-        generate(args)
-    except UserError as err:
-        print(f"chargpt generate: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Interrupted:
-        say_stopped()
-        sys.exit(130)
+    with entry_point():
+        args = build_parser().parse_args(argv)
+        try:
+            generate(args)
+        except UserError as err:
+            print(f"chargpt generate: error: {err}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,11 @@ def check_sampling_args(
     top_p: float | None = None,
     max_new_tokens: int = 1,
     flag: str = "",
-) -> list[str]:
-    """Refuse bad sampling options, all of them in one message; ``flag`` prefixes each name as the caller's option
-    (``--`` for the generate CLI, ``--sample.`` for the training callback)."""
-    problems = sampling_problems(temperature, top_k, top_p, max_new_tokens, flag)
-    if problems:
-        raise UserError("invalid sampling options: " + "; ".join(problems))
-    return problems
-
-
-def sampling_problems(
-    temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int, flag: str = ""
-) -> list[str]:
-    """What is wrong with these sampling options, one phrase each (empty when nothing is)."""
-    problems = []
+    also: list[str] | None = None,
+) -> None:
+    """Refuse bad sampling options, all of them in one message with the caller's own problems (``also``); ``flag``
+    prefixes each name as the caller's option (``--`` for the generate CLI, ``--sample.`` for the callback)."""
+    problems = list(also or [])
     if max_new_tokens < 1:
         problems.append(f"{flag}max_new_tokens must be positive, got {max_new_tokens}")
     if temperature < 0:
@@ -41,7 +32,8 @@ def sampling_problems(
         problems.append(f"{flag}top_k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         problems.append(f"{flag}top_p must be in (0, 1], got {top_p}")
-    return problems
+    if problems:
+        raise UserError("invalid sampling options: " + "; ".join(problems))
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -129,11 +129,7 @@ def check_ids(path: Path, meta: dict) -> str | None:
         return "is missing"
     if size != meta["tokens"] * dtype.itemsize:
         return f"is {size:,} bytes, not the {meta['tokens'] * dtype.itemsize:,} its manifest records (truncated?)"
-    crc, largest = 0, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            crc = zlib.crc32(chunk, crc)
-            largest = max(largest, int(np.frombuffer(chunk, dtype=dtype).max()))
+    crc, largest = crc32_and_largest(path, dtype)
     if crc != meta["crc32"]:
         return "does not match its checksum (damaged, or another corpus's file)"
     if largest >= len(meta["vocab"]):
@@ -141,12 +137,14 @@ def check_ids(path: Path, meta: dict) -> str | None:
     return None
 
 
-def file_crc32(path: Path) -> int:
-    crc = 0
+def crc32_and_largest(path: Path, dtype: np.dtype) -> tuple[int, int]:
+    """The CRC-32 of the ids file and its largest id, in one pass of ``CHUNK_BYTES`` reads."""
+    crc, largest = 0, 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
             crc = zlib.crc32(chunk, crc)
-    return crc
+            largest = max(largest, int(np.frombuffer(chunk, dtype=dtype).max()))
+    return crc, largest
 
 
 def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool, flag: str = "--data.path") -> None:
@@ -207,7 +205,7 @@ def encode(files: list[Path], tokenizer: str, stem: Path, strict: bool, flag: st
         jobs = [(*w, tmp, occurring, dtype.name) for w in writes]
         for (_, start, end, _), _ in zip(writes, parallel_map(write_segment, jobs)):
             progress.advance(end - start)
-        checksum = file_crc32(Path(tmp))
+        checksum, _ = crc32_and_largest(Path(tmp), dtype)
         os.replace(tmp, stem.with_suffix(".bin"))
         meta = {"format": FORMAT, "tokenizer": tokenizer, "dtype": dtype.name, "tokens": offset, "vocab": vocab}
         meta["crc32"] = checksum

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from src import Interrupted, entered, say_stopped
+from src import entry_point
 from src.board import AttentionMaps, Embeddings, RunSummary
 from src.callbacks import LearningRates, SampleText, Throughput
 from src.checkpoint import load_checkpoint, readable_checkpoints
@@ -30,6 +30,15 @@ from src.module import CharGPT
 from src.rng import RNGState
 
 LOG_ROOT = "lightning_logs"  # the default of --trainer.default_root_dir
+# what every run shows and keeps besides its checkpoints and text samples, by config section; also what
+# benchmarks/bench_train.py gives a plain Trainer, so that the overhead it measures is a CLI run's
+RUN_CALLBACKS = {
+    "attention_maps": AttentionMaps,
+    "throughput": Throughput,
+    "run_summary": RunSummary,
+    "embeddings": Embeddings,
+    "rng_state": RNGState,
+}
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shakespeare_char.yaml"
 
 
@@ -71,12 +80,8 @@ class ChargptCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRates, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
-        parser.add_lightning_class_args(AttentionMaps, "attention_maps")
-        # the rest of what a run shows and keeps, each switchable with --<name>.enabled false
-        parser.add_lightning_class_args(Throughput, "throughput")
-        parser.add_lightning_class_args(RunSummary, "run_summary")
-        parser.add_lightning_class_args(Embeddings, "embeddings")
-        parser.add_lightning_class_args(RNGState, "rng_state")
+        for name, callback in RUN_CALLBACKS.items():  # each switchable with --<name>.enabled false
+            parser.add_lightning_class_args(callback, name)
         # block_size and the tokenizer are given once, under data, and reach the model; the vocabulary reaches it
         # in CharGPT.setup, once prepare_data has encoded the corpus
         parser.link_arguments("data.block_size", "model.block_size")
@@ -133,7 +138,8 @@ class ChargptCLI(LightningCLI):
     def _other_checkpoints(self, broken: Path, config) -> str:
         """What to do instead of an unreadable ``--ckpt_path``: the readable checkpoints beside it (and in the run's
         folder), with their steps, and the command that uses the newest."""
-        folders = {broken.parent, Path(config.checkpoint.dirpath)}
+        # one entry per folder however it is spelled, shown as the user gave it
+        folders = {f.resolve(): f for f in (Path(config.checkpoint.dirpath), broken.parent)}.values()
         found = sorted((c for f in folders for c in readable_checkpoints(f, broken)), key=lambda c: -c[0])
         if not found:
             return f". No other readable checkpoint in {' or '.join(sorted(map(str, folders)))}"
@@ -177,8 +183,9 @@ RENAMED = {"attention": "attention_maps", "data.strict": "data.strict_utf8"}  # 
 
 def refuse_renamed(args: list[str]) -> None:
     """A clear error for a config key that has been renamed, given as a flag or in a --config file."""
-    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    configs = {path: read_yaml(path) for path in paths}
     for old, new in RENAMED.items():
         flags = [a for a in args if a == f"--{old}" or a.startswith((f"--{old}.", f"--{old}="))]
         if flags:
@@ -186,23 +193,25 @@ def refuse_renamed(args: list[str]) -> None:
                 f"{flags[0].split('=')[0]}: {old} is now called {new}; use --{new}"
                 + flags[0][len(old) + 2 :].split("=")[0]
             )
-        for path in configs:
-            section = yaml_section(path, old)
-            if section is not None:
+        for path, config in configs.items():
+            if has_key(config, old):
                 raise UserError(f"{path}: the key {old} is now called {new}: rename it in the file")
 
 
-def yaml_section(path: str, dotted: str):
-    """The value at ``dotted`` (a.b) in the YAML file ``path``, or None (also when the file does not parse)."""
+def read_yaml(path: str):
+    """The YAML file's contents, or None when it cannot be read (the CLI's own parser then says why)."""
     try:
-        node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
+
+
+def has_key(node, dotted: str) -> bool:
     for key in dotted.split("."):
         if not isinstance(node, dict) or key not in node:
-            return None
+            return False
         node = node[key]
-    return node
+    return True
 
 
 @rank_zero_only
@@ -259,26 +268,23 @@ def with_default_config(args: list[str]) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> None:
-    entered()
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later GPUs; no effect on the CPU
-    try:
-        if args is None:  # the command line itself, which DDP's child processes are started with again
-            sys.argv[1:] = with_default_config(sys.argv[1:])
-            build_cli()
-        else:
-            build_cli(with_default_config(list(args)))
-    except UserError as err:
-        notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
-        sys.exit(2)
-    except Interrupted:
-        say_stopped()
-        sys.exit(130)
-    except TrainingInterrupted as stop:
-        if stop.step is None:
-            notice(f"chargpt: {stop}; the previous last.ckpt, if any, is intact")
-        else:
-            notice(f"chargpt: {stop}; resume with: {resume_command(sys.argv[1:] if args is None else args)}")
-        sys.exit(stop.exit_code)
+    with entry_point():
+        try:
+            if args is None:  # the command line itself, which DDP's child processes are started with again
+                sys.argv[1:] = with_default_config(sys.argv[1:])
+                build_cli()
+            else:
+                build_cli(with_default_config(list(args)))
+        except UserError as err:
+            notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
+            sys.exit(2)
+        except TrainingInterrupted as stop:
+            if stop.step is None:
+                notice(f"chargpt: {stop}; the previous last.ckpt, if any, is intact")
+            else:
+                notice(f"chargpt: {stop}; resume with: {resume_command(sys.argv[1:] if args is None else args)}")
+            sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

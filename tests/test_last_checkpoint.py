@@ -234,3 +234,6 @@ def test_an_unreadable_checkpoint_names_the_readable_ones_and_the_command(workdi
     assert f"Readable checkpoints: {best.name} (step {step_of(best)})" in err
     command = resume_command(with_default_config(["fit", *args]), str(best.relative_to(workdir)))
     assert f"To go on from the newest: {command}" in err
+    with pytest.raises(SystemExit):  # the run's folder spelled another way: each checkpoint still listed once
+        main(["fit", *args, f"--ckpt_path={last}"])
+    assert capsys.readouterr().err.count(f"{best.name} (step") == 1

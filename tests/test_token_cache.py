@@ -237,7 +237,8 @@ def test_ids_outside_the_vocabulary_are_refused_even_with_a_matching_checksum(tm
     manifest = next((tmp_path / "tokens").glob("*.json"))
     ids.write_bytes(b"\x00\x01\x09\x02\x00\x01\x03")
     meta = json.loads(manifest.read_text())
-    meta["crc32"] = src.token_cache.file_crc32(ids)  # a forged manifest: only the id bound can tell
+    # a forged manifest: only the id bound can tell
+    meta["crc32"], _ = src.token_cache.crc32_and_largest(ids, np.dtype(meta["dtype"]))
     assert src.token_cache.check_ids(ids, meta) == "holds id 9, outside the vocabulary of 4"
 
 

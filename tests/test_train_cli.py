@@ -353,3 +353,14 @@ def test_each_callback_can_be_switched_off(workdir, tiny_corpus):
     scalars = set(acc.Tags()["scalars"])
     assert "val_loss" in scalars and not scalars & {"tokens_per_sec", "best_val_loss", "lr-MuonAdamW/decay"}
     assert not (workdir / "lightning_logs/t/projector_config.pbtxt").exists()
+
+
+def test_the_csv_logger_gets_what_the_readme_says(workdir, tiny_corpus):
+    """README, Other loggers: the CSV logger writes lightning_logs/csv/version_N/metrics.csv with the losses,
+    val_bpc, learning rates, tokens/s, MFU and gradient norm, and none of the TensorBoard-only best/final curves."""
+    csv = ["--trainer.logger=CSVLogger", "--trainer.logger.save_dir=lightning_logs", "--trainer.logger.name=csv"]
+    main(["fit", *tiny_args(tiny_corpus, max_steps=10, run_name="csv"), *csv])
+    header = (workdir / "lightning_logs/csv/version_0/metrics.csv").read_text().splitlines()[0].split(",")
+    expected = {"train_loss", "val_loss", "val_bpc", "tokens_per_sec", "mfu", "grad_norm", "lr-MuonAdamW/muon"}
+    assert expected <= set(header) and "best_val_loss" not in header
+    assert (workdir / "lightning_logs/csv/checkpoints/last.ckpt").exists()
