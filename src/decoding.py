@@ -1,10 +1,10 @@
 """The token loop behind ``generate``, the training callback and the CLI, built for speed in the spirit of
 gpt-fast: a preallocated KV cache and two fixed shapes, optionally compiled.
 
-Every model call has one of two shapes: one token per sample at position p (a decoding step), or a whole window
-of ``block_size`` tokens (prompts are padded to it: causal attention never lets a real position see the padding,
-and the step at a padded slot overwrites it before reading it). Attention reads the whole cache under a position
-mask (``src.model.KVCache``), so ``torch.compile`` builds each shape once.
+Every compiled model call has one of two shapes: one token per sample at position p (a decoding step), or a whole
+window of ``block_size`` tokens (prompts are padded to it: causal attention never lets a real position see the
+padding, and the step at a padded slot overwrites it before reading it); eager calls skip the padding. Attention
+reads the whole cache under a position mask (``src.model.KVCache``), so ``torch.compile`` builds each shape once.
 The draw happens inside the step (``src.sampling.draw``), from noise drawn outside it with the caller's
 generators: the same tokens as ``torch.multinomial`` with that generator, compiled or not.
 
@@ -91,6 +91,7 @@ class Decoder:
         self.device, self.batch_size = weight.device, batch_size
         self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
         self.options = (temperature, top_k, top_p)
+        self.compiled = compile
         self.forward = compiled_next_token() if compile else next_token
         self.positions = torch.arange(self.block_size, device=self.device)
         # inputs are copied into these, so every call sees the same shapes and strides (no recompiling)
@@ -117,8 +118,10 @@ class Decoder:
             for position in range(idx.size(1) - 1):
                 self.step(idx[:, position : position + 1], position, generator, draws=False)
             return self.step(idx[:, -1:], idx.size(1) - 1, generator)
-        self.padded[:, : idx.size(1)] = idx
         index = torch.tensor(idx.size(1) - 1, device=self.device)
+        if not self.compiled:  # eager: the padding would only cost time (a refill of half a window, twice over)
+            return self._call(idx, self.positions[: idx.size(1)], index, generator)
+        self.padded[:, : idx.size(1)] = idx
         return self._call(self.padded, self.positions, index, generator)
 
     def step(self, token: torch.Tensor, position: int, generator: Generators, draws: bool = True) -> torch.Tensor:

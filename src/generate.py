@@ -144,20 +144,23 @@ def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device
 
 
 class StopAtText:
-    """Streams a sample's text to ``out``, holding back just enough to cut it where ``stop`` first appears."""
+    """Streams a sample's text to ``out``, holding back just enough to cut it where a ``stops`` text first appears
+    (the earliest, when there are several)."""
 
-    def __init__(self, out: TextIO, stop: str | None) -> None:
-        self.out, self.stop, self.pending = out, stop or "", ""
+    def __init__(self, out: TextIO, stops: str | list[str] | None) -> None:
+        self.stops = [stops] if isinstance(stops, str) else [s for s in stops or [] if s]
+        self.out, self.pending = out, ""
+        self.keep = max(map(len, self.stops), default=1) - 1  # a stop text may be arriving in pieces
 
     def write(self, text: str) -> bool:
-        """Write what is safe to show; True once ``stop`` has appeared (nothing from it on is written)."""
+        """Write what is safe to show; True once a stop text has appeared (nothing from it on is written)."""
         self.pending += text
-        if self.stop and self.stop in self.pending:
-            self.pending = self.pending[: self.pending.index(self.stop)]
+        found = [self.pending.index(stop) for stop in self.stops if stop in self.pending]
+        if found:
+            self.pending = self.pending[: min(found)]
             self.close()
             return True
-        keep = len(self.stop) - 1 if self.stop else 0  # a stop string may be arriving in pieces
-        cut = max(len(self.pending) - keep, 0)
+        cut = max(len(self.pending) - self.keep, 0)
         shown, self.pending = self.pending[:cut], self.pending[cut:]
         self.out.write(shown)
         self.out.flush()

@@ -63,10 +63,24 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at ``input_pos`` (T,) and return the whole cache, in k's dtype (autocast)."""
-        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        """Store k, v (B, nh, T, hs) at ``input_pos``, (T,) for every row or (B, T) per row, and return the whole
+        cache, in k's dtype (autocast)."""
+        if input_pos.dim() == 1:
+            self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+            self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        else:  # rows at different positions: continuous batching (src.engine)
+            index = input_pos[:, None, :, None].expand_as(k)
+            self.k.scatter_(2, index, k.to(self.k.dtype))
+            self.v.scatter_(2, index, v.to(self.v.dtype))
         return self.k.to(k.dtype), self.v.to(v.dtype)
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows ``start:stop`` of this one, sharing its memory: what is written through it lands here."""
+        view = KVCache.__new__(KVCache)
+        nn.Module.__init__(view)
+        view.register_buffer("k", self.k[start:stop], persistent=False)
+        view.register_buffer("v", self.v[start:stop], persistent=False)
+        return view
 
 
 class CausalSelfAttention(nn.Module):
@@ -121,7 +135,7 @@ class CausalSelfAttention(nn.Module):
             input_pos = torch.arange(x.size(1), device=x.device)
         else:
             k, v = self._cached(input_pos, k, v)
-        q, query_pos = q.index_select(2, index.view(1)), input_pos.index_select(0, index.view(1))  # (B, nh, 1, hs)
+        q, query_pos = q.index_select(2, index.view(1)), input_pos.index_select(-1, index.view(1))  # (B, nh, 1, hs)
         return self._project(self._masked_attention(q, k, v, query_pos))  # (B, 1, C)
 
     def _cached(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -139,7 +153,9 @@ class CausalSelfAttention(nn.Module):
         shapes never change, and a mask lets the query at position p see the keys at 0..p (later cache slots
         hold stale or zero entries). Written out rather than SDPA: for one query the fused kernel costs more than
         the arithmetic, and ``torch.compile`` fuses the mask and softmax."""
-        visible = torch.arange(k.size(2), device=q.device) <= query_pos[:, None]  # (Tq, Tk)
+        visible = torch.arange(k.size(2), device=q.device) <= query_pos[..., None]  # (Tq, Tk) or (B, Tq, Tk)
+        if visible.dim() == 3:
+            visible = visible[:, None]  # (B, 1, Tq, Tk): the same for every head
         scores = (q @ k.transpose(-2, -1)) * self.head_size**-0.5
         return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1) @ v
 
@@ -227,6 +243,13 @@ class LanguageModel(nn.Module):
 
     def clear_cache(self) -> None:
         """Drop the cache allocated by ``setup_cache``."""
+
+    def kv_caches(self) -> list[KVCache]:
+        """The cache of each layer (none for stateless models)."""
+        return []
+
+    def use_kv_caches(self, caches: list[KVCache]) -> None:
+        """Decode with these caches (e.g. ``KVCache.rows`` views of ``kv_caches()``), one per layer."""
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -324,6 +347,13 @@ class GPT(LanguageModel):
     def clear_cache(self) -> None:
         for block in self.transformer.h:
             block.attn.kv_cache = None
+
+    def kv_caches(self) -> list[KVCache]:
+        return [block.attn.kv_cache for block in self.transformer.h]
+
+    def use_kv_caches(self, caches: list[KVCache]) -> None:
+        for block, cache in zip(self.transformer.h, caches, strict=True):
+            block.attn.kv_cache = cache
 
 
 class BigramLanguageModel(LanguageModel):
