@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from src import completions as api
 from src.completions import RequestError
-from src.serve import MAX_BODY, PLAYGROUND, Job, Server
+from src.service import MAX_BODY, PLAYGROUND, Job, Server
 
 
 def create_app(server: Server) -> FastAPI:
