@@ -33,6 +33,12 @@ class GPTConfig:
     # regularisation and details
     dropout: float = 0.2  # on attention weights, after the attention projection and after the feed-forward
     bias: bool = True  # biases in Linear layers and LayerNorms (q/k/v have none either way, as in the lecture)
+    # options beyond the lecture, all off by default (docs/experiments.md measures each)
+    rope: bool = False  # rotary position embeddings on q and k instead of the learned position table
+    norm: str = "layernorm"  # or "rmsnorm": no mean subtraction, no bias
+    mlp: str = "relu"  # or "relu2": squared ReLU in the feed-forward
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before their dot products
+    tie_embeddings: bool = False  # the output layer reuses the token embedding matrix
 
     def __post_init__(self) -> None:
         problems = [
@@ -44,12 +50,48 @@ class GPTConfig:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS)):
+            if getattr(self, name) not in choices:
+                problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.rope and not problems and self.head_size % 2:
+            problems.append(f"rope needs an even head size, got n_embd / n_head = {self.head_size}")
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems))
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = {"relu": F.relu, "relu2": lambda x: F.relu(x).square()}
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoFormer): each pair of a head's channels is rotated by an angle proportional to
+    the position, so q . k depends on how far apart two positions are. The tables are rebuilt from the config,
+    never saved."""
+
+    def __init__(self, head_size: int, block_size: int, base: float = 10_000.0) -> None:
+        super().__init__()
+        inv_freq = base ** -(torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (block_size, hs / 2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, nh, T, hs) rotated for ``positions``, (T,) or (B, T) per row."""
+        cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)  # (T, hs/2) or (B, T, hs/2)
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class KVCache(nn.Module):
@@ -96,12 +138,22 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v of every head at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = BoolMaskDropout(config.dropout)
+        self.qk_norm = config.qk_norm
+        self.rotary = Rotary(config.head_size, config.block_size) if config.rope else None
         self.kv_cache: KVCache | None = None
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None):
+        """q, k, v (B, nh, T, hs) of ``x`` (B, T, C) at ``positions`` (default 0..T-1), which rotary embeddings
+        need."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        return tuple(t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
+        if self.rotary is not None:
+            positions = torch.arange(T, device=x.device) if positions is None else positions
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        return q, k, v
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The attention weights (B, nh, T, T) that ``forward`` applies to the values: each row a distribution
@@ -115,7 +167,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Attention's output (B, T, C) at every position of ``x`` (B, T, C); with ``input_pos`` (T,), the positions
         of ``x`` in a KV cache that holds the earlier ones (see ``GPT.setup_cache``)."""
-        q, k, v = self._qkv(x)  # (B, nh, T, hs) each
+        q, k, v = self._qkv(x, input_pos)  # (B, nh, T, hs) each
         if input_pos is not None:
             k, v = self._cached(input_pos, k, v)
             y = self._masked_attention(q, k, v, input_pos)
@@ -130,7 +182,7 @@ class CausalSelfAttention(nn.Module):
     def forward_at(self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         """For decoding: attention's output (B, 1, C) at position ``index`` (a 0-d tensor) of ``x`` only, every
         position of ``x`` still written to the cache (if ``input_pos`` is given) as a key and value."""
-        q, k, v = self._qkv(x)  # (B, nh, T, hs) each
+        q, k, v = self._qkv(x, input_pos)  # (B, nh, T, hs) each
         if input_pos is None:
             input_pos = torch.arange(x.size(1), device=x.device)
         else:
@@ -169,9 +221,10 @@ class FeedForward(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = BoolMaskDropout(config.dropout)
+        self.activation = ACTIVATIONS[config.mlp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
 
 
 class Block(nn.Module):
@@ -179,9 +232,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = FeedForward(config)
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -272,15 +325,15 @@ class GPT(LanguageModel):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        layers = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        if not config.rope:  # rotary embeddings carry the positions instead
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        layers["h"] = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        layers["ln_f"] = make_norm(config)
+        self.transformer = nn.ModuleDict(layers)  # in the lecture's order: the same seed, the same initial weights
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
         # GPT-2 init (via nanoGPT): N(0, 0.02) weights, zero biases, and residual projections scaled down by
         # sqrt(2 * n_layer) so the residual stream's variance does not grow with depth. PyTorch's default
         # (uniform, fan-in scaled) init is what made the lecture's deeper models converge slowly.
@@ -320,6 +373,8 @@ class GPT(LanguageModel):
             if idx.size(1) > self.config.block_size:
                 raise ValueError(f"{idx.size(1)} positions do not fit in block_size {self.config.block_size}")
             input_pos = torch.arange(idx.size(1), device=idx.device)
+        if self.config.rope:
+            return self.transformer.wte(idx)  # (B, T, C); positions enter in attention
         return self.transformer.wte(idx) + self.transformer.wpe(input_pos)  # (B, T, C)
 
     @torch.no_grad()

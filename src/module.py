@@ -37,6 +37,11 @@ class CharGPT(L.LightningModule):
         n_embd: int = 384,
         dropout: float = 0.2,
         bias: bool = True,
+        rope: bool = False,
+        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        mlp: Literal["relu", "relu2"] = "relu",
+        qk_norm: bool = False,
+        tie_embeddings: bool = False,
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
@@ -60,6 +65,11 @@ class CharGPT(L.LightningModule):
             n_embd: embedding width (divisible by n_head).
             dropout: dropout probability, 0 to turn it off.
             bias: biases in Linear layers and LayerNorms.
+            rope: rotary position embeddings in attention instead of the learned position table (not the lecture's).
+            norm: "layernorm" (the lecture's) or "rmsnorm".
+            mlp: the feed-forward's activation: "relu" (the lecture's) or "relu2" (squared ReLU).
+            qk_norm: RMS-normalise each head's queries and keys (not the lecture's).
+            tie_embeddings: the output layer shares the token embedding matrix (not the lecture's).
             learning_rate: peak learning rate, reached after the warmup.
             min_lr: learning rate at the end of the cosine decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.

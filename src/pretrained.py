@@ -23,7 +23,8 @@ def save_pretrained(model: LanguageModel, tokenizer: Tokenizer, folder: str | Pa
     folder.mkdir(parents=True, exist_ok=True)
     config = {"chargpt_format": FORMAT, **describe(model, tokenizer)}
     (folder / CONFIG).write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    # copies: safetensors refuses tensors that share memory, as tied embeddings do (loading ties them again)
+    weights = {name: tensor.detach().cpu().clone().contiguous() for name, tensor in model.state_dict().items()}
     save_file(weights, folder / WEIGHTS, metadata={"format": "pt"})
 
 

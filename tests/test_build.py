@@ -43,3 +43,40 @@ def test_describe_and_build_are_inverse_and_an_unregistered_type_is_refused():
 
     with pytest.raises(ValueError, match="register it there"):
         model_type_of(Unregistered(model.config))
+
+
+OPTIONS = {  # the model options beyond the lecture, each one config line
+    "rope": {"rope": True},
+    "rmsnorm": {"norm": "rmsnorm"},
+    "relu2": {"mlp": "relu2"},
+    "qk_norm": {"qk_norm": True},
+    "tied": {"tie_embeddings": True},
+    "no_bias": {"bias": False},
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_each_model_option_survives_a_checkpoint_and_an_export_and_decodes_as_it_trains(option, tmp_path):
+    module = CharGPT(vocab=VOCAB, **{**SIZES, "n_layer": 2}, **OPTIONS[option])
+    model = module.model.eval()
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    save_atomically(checkpoint, tmp_path / "m.ckpt")
+    save_pretrained(model, module.tokenizer, tmp_path / "export")
+    idx = torch.tensor([module.tokenizer.encode("a bad chef\nhigh")] * 2)
+    logits = model(idx)[0]
+    for rebuilt, _ in (
+        model_from_checkpoint(load_checkpoint(tmp_path / "m.ckpt")),
+        from_pretrained(tmp_path / "export"),
+    ):
+        assert rebuilt.config == model.config
+        assert all(getattr(rebuilt.config, k) == v for k, v in OPTIONS[option].items())
+        assert torch.equal(rebuilt(idx)[0], logits)
+        if option == "tied":
+            assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    # the KV cache, a position per row as the server batches them, gives what the whole window gives
+    model.setup_cache(2)
+    for t in range(idx.size(1)):
+        step = model.next_logits(idx[:, t : t + 1], torch.full((2, 1), t), torch.tensor(0))
+        torch.testing.assert_close(step, logits[:, t], atol=1e-5, rtol=1e-5)
+    model.clear_cache()

@@ -364,3 +364,38 @@ def test_the_csv_logger_gets_what_the_readme_says(workdir, tiny_corpus):
     expected = {"train_loss", "val_loss", "val_bpc", "tokens_per_sec", "mfu", "grad_norm", "lr-MuonAdamW/muon"}
     assert expected <= set(header) and "best_val_loss" not in header
     assert (workdir / "lightning_logs/csv/checkpoints/last.ckpt").exists()
+
+
+EVERY_OPTION = ["--model.rope=true", "--model.norm=rmsnorm", "--model.mlp=relu2", "--model.qk_norm=true",
+                "--model.tie_embeddings=true", "--model.bias=false"]  # fmt: skip
+
+
+def test_a_model_with_every_option_resumes_exactly_tests_exports_and_generates(workdir, tiny_corpus, capsys):
+    from src.export import main as export_main
+    from src.generate import main as generate_main
+
+    options = ["--model.lr_decay_steps=40", "--model.n_layer=2", *EVERY_OPTION]
+    main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *options])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *options])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *options, "--ckpt_path=last"])
+    ckpt = workdir / "lightning_logs/parts/checkpoints/last.ckpt"
+    whole, parts = final_weights(workdir / "lightning_logs/whole/checkpoints/last.ckpt"), final_weights(ckpt)
+    assert whole.keys() == parts.keys() and "model.transformer.wpe.weight" not in whole
+    assert all(torch.equal(whole[key], parts[key]) for key in whole)
+    capsys.readouterr()
+    main(["test", *tiny_args(tiny_corpus, run_name="parts"), *options, "--ckpt_path=last"])
+    assert "test_loss" in capsys.readouterr().out
+    export_main([f"--ckpt_path={ckpt}", "--out=exported"])  # model.onnx included
+    args = ["--prompt=All:", "--max_new_tokens=40", "--seed=3", "--num_samples=2"]
+    capsys.readouterr()
+    generate_main([f"--ckpt_path={ckpt}", *args])
+    from_checkpoint = capsys.readouterr().out
+    generate_main(["--ckpt_path=exported", *args])
+    assert capsys.readouterr().out == from_checkpoint and len(from_checkpoint) > 80
+    ort = pytest.importorskip("onnxruntime")
+    from src.export import AllLogits
+
+    model, tokenizer = model_from_checkpoint(load_checkpoint(ckpt))
+    idx = torch.tensor([tokenizer.encode("All: speak.")])
+    (logits,) = ort.InferenceSession(str(workdir / "exported/model.onnx")).run(None, {"idx": idx.numpy()})
+    assert torch.allclose(torch.from_numpy(logits), AllLogits(model)(idx), atol=1e-4)

@@ -1,0 +1,75 @@
+"""One training run per lever, timed start to finish, as a row of docs/experiments.md's lever table.
+
+python benchmarks/bench_levers.py --name baseline
+python benchmarks/bench_levers.py --name rope --seeds 1337 1 2 -- --model.rope true
+python benchmarks/bench_levers.py --name short --config configs/speedrun_cpu.yaml -- --trainer.max_steps 400
+
+Each run is ``python -m src.train fit --config CONFIG [flags after --] --seed_everything SEED`` in a process of its
+own, under a fresh run name (its folder is deleted afterwards unless ``--keep``). Printed per run: wall time of the
+whole command, steps, the validation loss at each evaluation and the best, the median training tokens/s from
+TensorBoard, the last logged train loss. Runs on one machine are deterministic for a seed; run one at a time.
+"""
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(config: str, flags: list[str], seed: int, name: str, keep: bool) -> dict:
+    run_name = f"lever-{name}-s{seed}"
+    folder = REPO / "lightning_logs" / run_name
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "src.train", "fit", "--config", config, *flags]
+    command += ["--seed_everything", str(seed), "--run_name", run_name, "--trainer.enable_progress_bar", "false"]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    val = scalars.get("val_loss", [])
+    return {
+        "wall": wall,
+        "steps": max((step for step, _ in val), default=0),
+        "val": [value for _, value in val],
+        "tokens_per_sec": statistics.median(v for _, v in scalars.get("tokens_per_sec", [(0, 0)])),
+        "train_loss": scalars.get("train_loss", [(0, float("nan"))])[-1][1],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="the lever's name in the table")
+    parser.add_argument("--config", default="configs/shakespeare_char.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337], help="one run per seed, one after another")
+    parser.add_argument("--keep", action="store_true", help="keep the runs' folders in lightning_logs/")
+    parser.add_argument("flags", nargs=argparse.REMAINDER, help="after --: flags for src.train fit")
+    args = parser.parse_args()
+    flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+    print("| lever | flags | seed | steps | wall | best val | val at each evaluation | tokens/s | last train loss |")
+    for seed in args.seeds:
+        r = run(args.config, flags, seed, args.name, args.keep)
+        minutes, seconds = divmod(round(r["wall"]), 60)
+        curve = ", ".join(f"{v:.4f}" for v in r["val"])
+        print(
+            f"| {args.name} | `{' '.join(flags)}` | {seed} | {r['steps']:,} | {minutes}:{seconds:02d} | "
+            f"{min(r['val'], default=float('nan')):.4f} | {curve} | {r['tokens_per_sec']:,.0f} | "
+            f"{r['train_loss']:.4f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
