@@ -39,6 +39,7 @@ class GPTConfig:
     mlp: str = "relu"  # or "relu2": squared ReLU in the feed-forward
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before their dot products
     tie_embeddings: bool = False  # the output layer reuses the token embedding matrix
+    attn_dropout: float | None = None  # dropout on the attention weights; None: the same as ``dropout``
 
     def __post_init__(self) -> None:
         problems = [
@@ -48,8 +49,9 @@ class GPTConfig:
         ]
         if not problems and self.n_embd % self.n_head:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0 <= self.dropout < 1:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "attn_dropout"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS)):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -134,7 +136,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.n_embd, self.head_size = config.n_head, config.n_embd, config.head_size
-        self.dropout = config.dropout
+        # the residual branch's dropout is cheap on a CPU, the attention weights' is not (src.dropout)
+        self.dropout = config.dropout if config.attn_dropout is None else config.attn_dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v of every head at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = BoolMaskDropout(config.dropout)

@@ -42,6 +42,7 @@ class CharGPT(L.LightningModule):
         mlp: Literal["relu", "relu2"] = "relu",
         qk_norm: bool = False,
         tie_embeddings: bool = False,
+        attn_dropout: float | None = None,
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
@@ -70,6 +71,7 @@ class CharGPT(L.LightningModule):
             mlp: the feed-forward's activation: "relu" (the lecture's) or "relu2" (squared ReLU).
             qk_norm: RMS-normalise each head's queries and keys (not the lecture's).
             tie_embeddings: the output layer shares the token embedding matrix (not the lecture's).
+            attn_dropout: dropout on the attention weights alone; by default the same as dropout (the lecture's).
             learning_rate: peak learning rate, reached after the warmup.
             min_lr: learning rate at the end of the cosine decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.
@@ -113,6 +115,9 @@ class CharGPT(L.LightningModule):
         self.model, self.tokenizer = build(self.hparams)
 
     def setup(self, stage: str) -> None:
+        self._build_for_data(stage)
+
+    def _build_for_data(self, stage: str) -> None:
         # after the data module's prepare_data and setup: its vocabulary is known
         data = self.trainer.datamodule
         if self.model is None:
@@ -133,6 +138,9 @@ class CharGPT(L.LightningModule):
             )
 
     def configure_model(self) -> None:
+        if self.model is None and self.trainer.datamodule is not None:
+            # a callback may need the network before setup: weight averaging copies it in its own setup
+            self._build_for_data(self.trainer.state.fn)
         if self.hparams.compile and not self._compiled:
             self.model.compile()  # in place, so state-dict keys keep their names
             self._compiled = True

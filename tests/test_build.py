@@ -52,6 +52,7 @@ OPTIONS = {  # the model options beyond the lecture, each one config line
     "qk_norm": {"qk_norm": True},
     "tied": {"tie_embeddings": True},
     "no_bias": {"bias": False},
+    "attn_dropout": {"attn_dropout": 0.0},
 }
 
 

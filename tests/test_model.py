@@ -210,3 +210,18 @@ def test_attention_maps_are_the_models_weights_rows_of_distributions_over_the_pa
     _, _, v = attn._qkv(x)
     by_hand = attn.c_proj((maps[0] @ v).transpose(1, 2).reshape(1, 12, -1))
     assert torch.allclose(by_hand, attn(x), atol=1e-6)  # what forward applies to the values
+
+
+def test_attn_dropout_zero_keeps_the_attention_weights_whole_while_the_residual_drops():
+    from src.model import CausalSelfAttention
+
+    config = GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5, attn_dropout=0.0)
+    attention = CausalSelfAttention(config)
+    x = torch.randn(2, 16, 16)
+    residual = attention.resid_dropout
+    attention.resid_dropout = torch.nn.Identity()
+    torch.testing.assert_close(attention.train()(x), attention.eval()(x))  # no dropout on the weights
+    attention.resid_dropout = residual
+    assert not torch.equal(attention.train()(x), attention.eval()(x))  # the residual branch still drops
+    both = CausalSelfAttention(GPTConfig(**{**config.__dict__, "attn_dropout": None}))
+    assert both.dropout == 0.5  # unset: the lecture's one dropout everywhere

@@ -399,3 +399,24 @@ def test_a_model_with_every_option_resumes_exactly_tests_exports_and_generates(w
     idx = torch.tensor([tokenizer.encode("All: speak.")])
     (logits,) = ort.InferenceSession(str(workdir / "exported/model.onnx")).run(None, {"idx": idx.numpy()})
     assert torch.allclose(torch.from_numpy(logits), AllLogits(model)(idx), atol=1e-4)
+
+
+EMA = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.9"]
+
+
+def test_weight_averaging_evaluates_checkpoints_and_resumes_on_the_averaged_weights(workdir, tiny_corpus):
+    """Lightning's EMAWeightAveraging, one config line: validation and checkpoints see the average, and a resumed run
+    ends where an uninterrupted one does (the module builds its network before the callback copies it)."""
+    schedule = ["--model.lr_decay_steps=40"]
+    main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="plain"), *schedule])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *schedule, *EMA])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *schedule, *EMA])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *schedule, *EMA, "--ckpt_path=last"])
+    plain, whole = (scalars(workdir / f"lightning_logs/{run}")["val_loss"] for run in ("plain", "whole"))
+    assert [step for step, _ in plain] == [step for step, _ in whole] and plain != whole
+    ckpt = torch.load(workdir / "lightning_logs/whole/checkpoints/last.ckpt", weights_only=True)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
+    parts = final_weights(workdir / "lightning_logs/parts/checkpoints/last.ckpt")
+    assert all(torch.equal(averaged[key], parts[key]) for key in averaged)
