@@ -7,7 +7,8 @@ python benchmarks/bench_levers.py --name short --config configs/speedrun_cpu.yam
 Each run is ``python -m src.train fit --config CONFIG [flags after --] --seed_everything SEED`` in a process of its
 own, under a fresh run name (its folder is deleted afterwards unless ``--keep``). Printed per run: wall time of the
 whole command, steps, the validation loss at each evaluation and the best, the median training tokens/s from
-TensorBoard, the last logged train loss. Runs on one machine are deterministic for a seed; run one at a time.
+TensorBoard, the last logged train loss, and the peak resident memory of the run's processes (Unix). Runs on one
+machine are deterministic for a seed; run one at a time.
 """
 
 import argparse
@@ -39,13 +40,20 @@ def run(config: str, flags: list[str], seed: int, name: str, keep: bool) -> dict
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
+    try:
+        import resource  # Unix only: the largest resident size of any child so far (this run's, with one seed)
+
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    except ImportError:
+        peak = float("nan")
     val = scalars.get("val_loss", [])
     return {
         "wall": wall,
-        "steps": max((step for step, _ in val), default=0),
+        "steps": max((step + 1 for step, _ in val), default=0),  # logged at the 0-based index of the step before
         "val": [value for _, value in val],
         "tokens_per_sec": statistics.median(v for _, v in scalars.get("tokens_per_sec", [(0, 0)])),
         "train_loss": scalars.get("train_loss", [(0, float("nan"))])[-1][1],
+        "peak_mb": peak,
     }
 
 
@@ -58,7 +66,8 @@ def main() -> None:
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="after --: flags for src.train fit")
     args = parser.parse_args()
     flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
-    print("| lever | flags | seed | steps | wall | best val | val at each evaluation | tokens/s | last train loss |")
+    columns = ["lever", "flags", "seed", "steps", "wall", "best val", "val at each evaluation", "tokens/s"]
+    print("| " + " | ".join([*columns, "last train loss", "peak MB"]) + " |")
     for seed in args.seeds:
         r = run(args.config, flags, seed, args.name, args.keep)
         minutes, seconds = divmod(round(r["wall"]), 60)
@@ -66,7 +75,7 @@ def main() -> None:
         print(
             f"| {args.name} | `{' '.join(flags)}` | {seed} | {r['steps']:,} | {minutes}:{seconds:02d} | "
             f"{min(r['val'], default=float('nan')):.4f} | {curve} | {r['tokens_per_sec']:,.0f} | "
-            f"{r['train_loss']:.4f} |",
+            f"{r['train_loss']:.4f} | {r['peak_mb']:,.0f} |",
             flush=True,
         )
 

@@ -95,3 +95,17 @@ def test_gpu_check_runs_to_the_end_as_a_cpu_smoke_run(shakespeare):
     assert re.search(r"best val loss \d\.\d{4}", out)
     assert re.search(r"eager: generated 50 tokens in [\d.]+ s \(\d+ tokens/s\) on cpu", out)
     assert out.rstrip().endswith("== gpu_check: done")
+
+
+def test_bench_serve_drives_the_server_and_prints_its_table(ckpt):
+    out = run("bench_serve.py", "--ckpt_path", str(ckpt), "--clients", "1", "2", "--requests", "1", "--tokens", "20")
+    assert re.search(r"batched +2 +[\d,]+ +[\d,]+ +\d+ +\d+ +0 +2 ", out)  # two requests, no errors
+    assert re.search(r"one-by-one +2 ", out)
+    assert re.search(r" 2 clients: batched \d+\.\dx one client alone, \d+\.\dx the server with batching off", out)
+
+
+def test_bench_levers_prints_a_table_row(workdir, tiny_corpus):
+    out = run("bench_levers.py", "--name", "tiny", "--", f"--data.path={tiny_corpus}", "--trainer.max_steps=10",
+              "--trainer.val_check_interval=5", "--model.n_layer=1", "--model.n_embd=16", "--data.block_size=16",
+              "--sample.every_n_steps=0")  # fmt: skip
+    assert re.search(r"^\| tiny \| `.*` \| 1337 \| 10 \| 0:\d\d \| \d\.\d{4} \| \d\.\d{4}, \d\.\d{4} \|", out, re.M)
