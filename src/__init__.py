@@ -65,6 +65,20 @@ def entry_point() -> Iterator[None]:
         sys.exit(130)
 
 
+def run_command(name: str, build_parser, action, argv: list[str] | None = None) -> None:
+    """An argparse entry point's ``main``: parse, run ``action``, and turn bad input (``UserError``) into one line
+    naming the command and exit status 2."""
+    from src.errors import UserError
+
+    with entry_point():
+        args = build_parser().parse_args(argv)
+        try:
+            action(args)
+        except UserError as err:
+            print(f"chargpt {name}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
 def say_stopped() -> None:
     if os.getpid() == MAIN_PID and os.environ.get("LOCAL_RANK", "0") == "0":  # one line, not one per process
         print("chargpt: stopped by Ctrl-C", file=sys.stderr, flush=True)

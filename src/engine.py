@@ -105,7 +105,6 @@ class Engine:
         self.state: dict[Completion, _State] = {}
         self.changed = threading.Condition()
         self.closing = False
-        self.tokens_total = 0
         self.thread = threading.Thread(target=self._run, name="chargpt-engine", daemon=True)
 
     def start(self) -> Engine:
@@ -174,7 +173,6 @@ class Engine:
         with self.changed:
             for completion in [c for c in self.active if c.finish_reason is not None or c.cancelled]:
                 self._free(completion)
-        self.tokens_total += len(events)
         self.sink([e for e in events if not e[0].cancelled])
 
     def _join(self, completion: Completion) -> None:

@@ -16,7 +16,7 @@ from typing import TextIO
 
 import torch
 
-from src import entry_point
+from src import run_command
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.decoding import CACHE_MODES, check_decoding_args, generate_tokens
 from src.errors import UserError
@@ -90,13 +90,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--num_samples must be positive, got {args.num_samples}")
 
 
+def load_model(ckpt_path: str, device: torch.device):
+    """The model (in eval mode, on ``device``) and tokenizer of a checkpoint or an export folder."""
+    if is_pretrained(ckpt_path):
+        return from_pretrained(ckpt_path, device)
+    return model_from_checkpoint(load_checkpoint(ckpt_path, map_location=device))
+
+
 def generate(args: argparse.Namespace) -> None:
     check_args(args)
     device = pick_device(args.device)
-    if is_pretrained(args.ckpt_path):
-        model, tokenizer = from_pretrained(args.ckpt_path, device)
-    else:
-        model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path, map_location=device))
+    model, tokenizer = load_model(args.ckpt_path, device)
     try:
         ids = prompt_ids(tokenizer, read_prompt(args))
     except UserError as err:
@@ -173,13 +177,7 @@ class StopAtText:
 
 
 def main(argv: list[str] | None = None) -> None:
-    with entry_point():
-        args = build_parser().parse_args(argv)
-        try:
-            generate(args)
-        except UserError as err:
-            print(f"chargpt generate: error: {err}", file=sys.stderr)
-            sys.exit(2)
+    run_command("generate", build_parser, generate, argv)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
 from typing import Any
 
 import torch
 
-from src import entry_point
-from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src import run_command
 from src.decoding import check_decoding_args
 from src.errors import UserError
+from src.generate import load_model as load_for_decoding
 from src.hardware import decode_dtype, pick_device
-from src.pretrained import from_pretrained, is_pretrained
 from src.service import API_KEY_ENV, Server
 
 
@@ -68,10 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     device = pick_device(args.device)
-    if is_pretrained(args.ckpt_path):
-        model, tokenizer = from_pretrained(args.ckpt_path, device)
-    else:
-        model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path, map_location=device))
+    model, tokenizer = load_for_decoding(args.ckpt_path, device)
     dtype = decode_dtype(args.dtype, model, device)
     return (model.to(dtype) if dtype is not None else model), tokenizer
 
@@ -127,13 +122,7 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    with entry_point():
-        args = build_parser().parse_args(argv)
-        try:
-            serve(args)
-        except UserError as err:
-            print(f"chargpt serve: error: {err}", file=sys.stderr)
-            sys.exit(2)
+    run_command("serve", build_parser, serve, argv)
 
 
 if __name__ == "__main__":

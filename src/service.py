@@ -34,8 +34,8 @@ def model_name(ckpt_path: str) -> str:
 class Job:
     """One request's completions, and the text the engine sends them, waiting for the HTTP side."""
 
-    def __init__(self, completions: list[Completion], prompt_tokens: int, stream: bool) -> None:
-        self.completions, self.prompt_tokens, self.stream = completions, prompt_tokens, stream
+    def __init__(self, completions: list[Completion], prompt_tokens: int) -> None:
+        self.completions, self.prompt_tokens = completions, prompt_tokens
         self.queue: asyncio.Queue[tuple[int, str, str | None]] = asyncio.Queue()
         self.submitted, self.first_token = time.perf_counter(), None
         self.open = len(completions)
@@ -100,18 +100,18 @@ class Server:
         texts, ids = api.prompts(request), []
         for i, text in enumerate(texts):
             try:
-                ids.append(prompt_ids(self.tokenizer, text)[-self.model.config.block_size :])
+                ids.append(prompt_ids(self.tokenizer, text))
             except UserError as err:
                 where = "prompt" if isinstance(request.prompt, str) else f"prompt[{i}]"
                 raise RequestError(400, f"{where} has {err}", where) from None
         sampling = Sampling(float(request.temperature), request.top_k, request.top_p)
         count = len(texts) * request.n
+        window = self.model.config.block_size  # a longer prompt is cropped to its last window, as generate does
         completions = [
-            Completion(list(ids[j // request.n]), request.max_tokens, seed, sampling, api.stops(request))
+            Completion(ids[j // request.n][-window:], request.max_tokens, seed, sampling, api.stops(request))
             for j, seed in enumerate(api.seeds(request, count))
         ]
-        prompt_tokens = sum(len(prompt_ids(self.tokenizer, t)) for t in texts) * request.n
-        job = Job(completions, prompt_tokens, request.stream)
+        job = Job(completions, sum(map(len, ids)) * request.n)
         for j, completion in enumerate(completions):
             completion.tag = (job, j)
         if count > self.engine.max_batch + self.engine.max_queue:
