@@ -21,7 +21,7 @@ from src.checkpoint import init_from_checkpoint, mark
 from src.decoding import generate
 from src.errors import UserError
 from src.model import LanguageModel
-from src.optim import MuonAdamW, adamw, hidden_matrices, warmup_cosine
+from src.optim import MuonAdamW, adamw, hidden_matrices, warmup_decay
 from src.tokenizer import Tokenizer, prompt_ids
 
 
@@ -47,6 +47,7 @@ class CharGPT(L.LightningModule):
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
         lr_decay_steps: int | None = None,
+        lr_schedule: Literal["cosine", "linear"] = "cosine",
         weight_decay: float = 0.1,
         beta1: float = 0.9,
         beta2: float = 0.99,
@@ -73,10 +74,12 @@ class CharGPT(L.LightningModule):
             tie_embeddings: the output layer shares the token embedding matrix (not the lecture's).
             attn_dropout: dropout on the attention weights alone; by default the same as dropout (the lecture's).
             learning_rate: peak learning rate, reached after the warmup.
-            min_lr: learning rate at the end of the cosine decay; equal to learning_rate for a constant rate.
+            min_lr: learning rate at the end of the decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.
             lr_decay_steps: the step at which the cosine reaches min_lr (nanoGPT's lr_decay_iters); defaults to
                 trainer.max_steps.
+            lr_schedule: the decay's shape after the warmup: "cosine" (nanoGPT's) or "linear" (a straight line to
+                min_lr).
             weight_decay: AdamW weight decay of matrices and embeddings (never of biases and norms).
             beta1: AdamW beta1.
             beta2: AdamW beta2.
@@ -203,7 +206,7 @@ class CharGPT(L.LightningModule):
         build = MuonAdamW if hp.optimizer == "muon" and hidden_matrices(self.model) else adamw
         optimizer = build(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
         total = hp.lr_decay_steps or self.trainer.max_steps
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr)
+        scheduler = warmup_decay(optimizer, hp.warmup_steps, total, hp.min_lr, hp.lr_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def sample(self, prompt: str, max_new_tokens: int, generator: torch.Generator | None = None, **options) -> str:

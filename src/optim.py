@@ -1,5 +1,5 @@
 """AdamW with nanoGPT's decay rule, Muon for the hidden weight matrices as an alternative, and linear warmup into
-cosine decay built from ``torch.optim.lr_scheduler``."""
+cosine or linear decay built from ``torch.optim.lr_scheduler``."""
 
 from __future__ import annotations
 
@@ -28,16 +28,20 @@ def adamw(
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr: float) -> LRScheduler:
-    """Linear warmup from ~0 to the base lr over ``warmup_steps``, then cosine decay to ``min_lr`` at
-    ``total_steps``; stepped once per optimizer step. ``min_lr`` equal to the base lr gives a constant rate."""
+def warmup_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr: float, shape: str = "cosine"
+) -> LRScheduler:
+    """Linear warmup from ~0 to the base lr over ``warmup_steps``, then cosine (or, with ``shape="linear"``,
+    straight-line) decay to ``min_lr`` at ``total_steps``; stepped once per optimizer step. ``min_lr`` equal to the
+    base lr gives a constant rate."""
     decay_steps = max(total_steps - warmup_steps, 1)
     base_lr = optimizer.param_groups[0]["lr"]
-    decay = (
-        ConstantLR(optimizer, factor=1.0, total_iters=0)
-        if min_lr >= base_lr
-        else CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=min_lr)
-    )
+    if min_lr >= base_lr:
+        decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif shape == "linear":
+        decay = LinearLR(optimizer, start_factor=1.0, end_factor=min_lr / base_lr, total_iters=decay_steps)
+    else:
+        decay = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=min_lr)
     if warmup_steps <= 0:
         return decay
     warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), total_iters=warmup_steps)

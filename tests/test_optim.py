@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from src.model import GPT, GPTConfig
-from src.optim import MuonAdamW, adamw, param_groups, warmup_cosine
+from src.optim import MuonAdamW, adamw, param_groups, warmup_decay
 
 
 def model() -> GPT:
@@ -21,9 +21,9 @@ def test_groups_partition_the_parameters_and_decay_only_matrices():
     assert id(m.transformer.ln_f.weight) not in decayed and id(m.lm_head.bias) not in decayed
 
 
-def lrs(warmup: int, total: int, lr: float = 1e-3, min_lr: float = 1e-4) -> list[float]:
+def lrs(warmup: int, total: int, lr: float = 1e-3, min_lr: float = 1e-4, shape: str = "cosine") -> list[float]:
     optimizer = adamw(model(), lr=lr, weight_decay=0.1, betas=(0.9, 0.99))
-    scheduler = warmup_cosine(optimizer, warmup, total, min_lr)
+    scheduler = warmup_decay(optimizer, warmup, total, min_lr, shape)
     out = []
     for _ in range(total + 1):
         out.append(optimizer.param_groups[0]["lr"])
@@ -43,6 +43,14 @@ def test_warmup_then_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(curve[10:], curve[11:]))
 
 
+def test_warmup_then_a_straight_line_to_min_lr_and_to_zero():
+    curve = lrs(warmup=10, total=110, shape="linear")
+    assert curve[10] == pytest.approx(1e-3)
+    assert curve[35] == pytest.approx(1e-3 - 0.25 * (1e-3 - 1e-4))  # a quarter of the way down, not a cosine's
+    assert curve[110] == pytest.approx(1e-4)
+    assert lrs(warmup=10, total=110, min_lr=0.0, shape="linear")[110] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_no_warmup_and_constant_rate():
     assert lrs(warmup=0, total=50)[0] == pytest.approx(1e-3)
     assert lrs(warmup=0, total=20, min_lr=1e-3) == [pytest.approx(1e-3)] * 21
@@ -50,7 +58,7 @@ def test_no_warmup_and_constant_rate():
 
 def test_optimizer_state_dict_is_plain_data(tmp_path):
     optimizer = adamw(model(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))
-    scheduler = warmup_cosine(optimizer, 5, 50, 1e-4)
+    scheduler = warmup_decay(optimizer, 5, 50, 1e-4)
     torch.save({"opt": optimizer.state_dict(), "sched": scheduler.state_dict()}, tmp_path / "s.pt")
     torch.load(tmp_path / "s.pt", weights_only=True)
 
@@ -65,7 +73,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
     embeddings = {id(m.transformer.wte.weight), id(m.transformer.wpe.weight), id(m.lm_head.weight)}
     assert embeddings <= set(map(id, other))
     assert [g["name"] for g in optimizer.param_groups] == ["muon", "decay", "no_decay"]
-    scheduler = warmup_cosine(optimizer, 5, 50, 1e-4)  # one schedule for both
+    scheduler = warmup_decay(optimizer, 5, 50, 1e-4)  # one schedule for both
     for _ in range(50):
         optimizer.step()
         scheduler.step()
