@@ -76,7 +76,7 @@ class CharGPT(L.LightningModule):
             learning_rate: peak learning rate, reached after the warmup.
             min_lr: learning rate at the end of the decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.
-            lr_decay_steps: the step at which the cosine reaches min_lr (nanoGPT's lr_decay_iters); defaults to
+            lr_decay_steps: the step at which the decay reaches min_lr (nanoGPT's lr_decay_iters); defaults to
                 trainer.max_steps.
             lr_schedule: the decay's shape after the warmup: "cosine" (nanoGPT's) or "linear" (a straight line to
                 min_lr).

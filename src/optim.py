@@ -40,8 +40,10 @@ def warmup_decay(
         decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
     elif shape == "linear":
         decay = LinearLR(optimizer, start_factor=1.0, end_factor=min_lr / base_lr, total_iters=decay_steps)
-    else:
+    elif shape == "cosine":
         decay = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=min_lr)
+    else:
+        raise ValueError(f"unknown decay shape {shape!r}: use 'cosine' or 'linear'")
     if warmup_steps <= 0:
         return decay
     warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), total_iters=warmup_steps)

@@ -51,6 +51,11 @@ def test_warmup_then_a_straight_line_to_min_lr_and_to_zero():
     assert lrs(warmup=10, total=110, min_lr=0.0, shape="linear")[110] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_an_unknown_decay_shape_is_refused():
+    with pytest.raises(ValueError, match="'cosine' or 'linear'"):
+        lrs(warmup=10, total=110, shape="step")
+
+
 def test_no_warmup_and_constant_rate():
     assert lrs(warmup=0, total=50)[0] == pytest.approx(1e-3)
     assert lrs(warmup=0, total=20, min_lr=1e-3) == [pytest.approx(1e-3)] * 21

@@ -62,15 +62,18 @@ def final_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer):
+@pytest.mark.parametrize("optimizer, lr_schedule", [("adamw", "cosine"), ("muon", "cosine"), ("muon", "linear")])
+def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer, lr_schedule):
     # the same schedule whether or not the run is stopped
-    schedule = ["--model.lr_decay_steps=40", f"--model.optimizer={optimizer}"]
+    schedule = ["--model.lr_decay_steps=40", f"--model.optimizer={optimizer}", f"--model.lr_schedule={lr_schedule}"]
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *schedule, "--ckpt_path=last"])
     whole = final_weights(workdir / "lightning_logs/whole/checkpoints/last.ckpt")
     parts = final_weights(workdir / "lightning_logs/parts/checkpoints/last.ckpt")
+    saved = torch.load(workdir / "lightning_logs/parts/checkpoints/last.ckpt", weights_only=True)
+    decay = saved["lr_schedulers"][0]["_schedulers"][1]  # after the warmup: the flag's shape was the one that ran
+    assert ("T_max" in decay) == (lr_schedule == "cosine") and ("end_factor" in decay) == (lr_schedule == "linear")
     assert whole.keys() == parts.keys()
     for key in whole:
         assert torch.equal(whole[key], parts[key]), key
