@@ -177,10 +177,18 @@ class CausalSelfAttention(nn.Module):
         elif self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's fused CPU kernels refuse dropout; its fallback is slower and keeps far more for backward
             y = causal_attention_with_dropout(q, k, v, self.dropout, self.head_size**-0.5)
+        elif x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # under bf16 autocast SDPA's CPU kernel runs its backward ~6x slower than in fp32, which cost more than
+            # the bf16 matmuls gain (docs/performance.md): attention alone stays fp32
+            with torch.autocast("cpu", enabled=False):
+                y = self._attend(q.float(), k.float(), v.float())
         else:
-            p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.head_size**-0.5)
+            y = self._attend(q, k, v)
         return self._project(y)  # (B, T, C)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.head_size**-0.5)
 
     def forward_at(self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         """For decoding: attention's output (B, 1, C) at position ``index`` (a 0-d tensor) of ``x`` only, every

@@ -73,6 +73,26 @@ def test_fused_attention_equals_the_seeds_per_head_attention():
     assert torch.allclose(attn(x), seed_style_attention(attn, x), atol=1e-5)
 
 
+def test_attention_stays_float32_under_cpu_bf16_autocast(monkeypatch):
+    """bf16-mixed on a CPU: the Linear layers run in bf16, but SDPA gets float32 q, k, v (its bf16 CPU backward is
+    several times slower), and the block still matches the seed-style attention and trains."""
+    attn = tiny_gpt(n_embd=32, n_head=4).transformer.h[0].attn.train()
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.append(q.dtype) or sdpa(q, k, v, **kw)
+    )
+    x = torch.randn(3, 16, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x)
+    assert seen == [torch.float32]
+    assert y.dtype == torch.bfloat16  # c_proj still ran in bf16
+    assert torch.allclose(y.float(), seed_style_attention(attn, x).detach(), atol=0.05)
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert attn.c_attn.weight.grad is not None
+
+
 def test_the_mathematical_trick():
     B, T, C = 4, 8, 2
     x = torch.randn(B, T, C)
