@@ -22,19 +22,28 @@ BF16_CAPABILITY = (8, 0)
 MISREAD = ("l40s",)
 
 
-def default_precision(accelerator: str = "auto") -> str:
+# the narrowest model that trains faster in bf16-mixed on a CPU with native bf16: at 128 wide (the default config)
+# a step takes ~20% less time; below it the casts cost more than the matmuls save (docs/experiments.md)
+BF16_MIN_WIDTH = 128
+
+
+def default_precision(accelerator: str = "auto", n_embd: int | None = None) -> str:
     """The precision of a run whose config gives none, for ``--trainer.accelerator`` (a name; anything else counts
-    as auto):
+    as auto) and a model ``n_embd`` wide (None: a model without matmuls to speak of, such as the bigram):
 
     - a CUDA GPU that computes bf16 natively: ``bf16-mixed`` (fp16's range without its loss scaling);
     - an older CUDA GPU: ``16-mixed`` (fp16 with Lightning's loss scaling);
-    - Apple's MPS and the CPU: ``32-true``. On a CPU the small configs run slower in bf16 (their matrices are too
-      small to repay the casts) and CPUs without AVX-512 BF16 emulate it; on MPS mixed precision is left to the
-      user (``--trainer.precision 16-mixed``) until it has been measured there.
+    - a CPU that multiplies bf16 natively (AVX-512 BF16 or AMX), for models at least ``BF16_MIN_WIDTH`` wide:
+      ``bf16-mixed``;
+    - Apple's MPS and any other CPU: ``32-true``. CPUs without native bf16 emulate it, slowly; on MPS mixed
+      precision is left to the user (``--trainer.precision 16-mixed``) until it has been measured there.
     """
     name = accelerator.lower() if isinstance(accelerator, str) else "auto"
     if name in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.get_device_capability() >= BF16_CAPABILITY else "16-mixed"
+    on_cpu = name == "cpu" or (name == "auto" and not torch.backends.mps.is_available())
+    if on_cpu and n_embd is not None and n_embd >= BF16_MIN_WIDTH and cpu_has_bf16():
+        return "bf16-mixed"
     return "32-true"
 
 

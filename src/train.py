@@ -131,7 +131,8 @@ class ChargptCLI(LightningCLI):
                 "--last_checkpoint.every_n_minutes, at the end and on Ctrl-C); leave checkpoint.save_last unset"
             )
         if trainer.precision is None:
-            trainer.precision = default_precision(trainer.accelerator)
+            width = config.model.n_embd if config.model.model_type == "gpt" else None  # the bigram has no matmuls
+            trainer.precision = default_precision(trainer.accelerator, width)
         if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
             raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
 

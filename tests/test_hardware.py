@@ -34,10 +34,28 @@ def test_precision_on_cuda_follows_native_bf16(fake_cuda, capability, accelerato
     assert default_precision(accelerator) == expected
 
 
-def test_precision_on_cpu_and_mps_is_32_bit(monkeypatch):
+def test_precision_on_mps_is_32_bit(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert default_precision("auto") == default_precision("mps") == default_precision("cpu") == "32-true"
+    monkeypatch.setattr("src.hardware.cpu_has_bf16", lambda: True)
+    assert default_precision("auto", 384) == default_precision("mps", 384) == "32-true"
+
+
+@pytest.mark.parametrize(
+    "native, n_embd, expected",
+    [
+        (True, 128, "bf16-mixed"),  # the default config on AVX-512 BF16
+        (True, 384, "bf16-mixed"),  # the lecture's model
+        (True, 64, "32-true"),  # the notebook's: too narrow for the casts to pay
+        (True, None, "32-true"),  # the bigram
+        (False, 384, "32-true"),  # AVX2, Apple silicon: bf16 would be emulated
+    ],
+)
+def test_precision_on_cpu_follows_native_bf16_and_width(monkeypatch, native, n_embd, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr("src.hardware.cpu_has_bf16", lambda: native)
+    assert default_precision("auto", n_embd) == default_precision("cpu", n_embd) == expected
 
 
 def test_precision_names_map_to_the_matmul_dtype():

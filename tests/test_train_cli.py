@@ -62,10 +62,19 @@ def final_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("optimizer, lr_schedule", [("adamw", "cosine"), ("muon", "cosine"), ("muon", "linear")])
-def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer, lr_schedule):
+@pytest.mark.parametrize(
+    "optimizer, lr_schedule, precision",
+    [
+        ("adamw", "cosine", "32-true"),
+        ("muon", "cosine", "32-true"),
+        ("muon", "linear", "32-true"),
+        ("muon", "cosine", "bf16-mixed"),
+    ],  # bf16-mixed: the default config's precision on an AVX-512 BF16 CPU
+)
+def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer, lr_schedule, precision):
     # the same schedule whether or not the run is stopped
     schedule = ["--model.lr_decay_steps=40", f"--model.optimizer={optimizer}", f"--model.lr_schedule={lr_schedule}"]
+    schedule.append(f"--trainer.precision={precision}")
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *schedule, "--ckpt_path=last"])
@@ -77,6 +86,17 @@ def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer, l
     assert whole.keys() == parts.keys()
     for key in whole:
         assert torch.equal(whole[key], parts[key]), key
+
+
+@pytest.mark.parametrize(
+    "n_embd, native, expected", [(128, True, "bf16-mixed"), (16, True, "32-true"), (128, False, "32-true")]
+)
+def test_a_cpu_run_takes_bf16_mixed_where_it_pays(workdir, tiny_corpus, monkeypatch, n_embd, native, expected):
+    """No --trainer.precision on a CPU: bf16-mixed for models 128 wide and more on CPUs with native bf16."""
+    monkeypatch.setattr("src.hardware.cpu_has_bf16", lambda: native)
+    main(["fit", *tiny_args(tiny_corpus, max_steps=2), f"--model.n_embd={n_embd}", "--trainer.accelerator=cpu"])
+    config = yaml.safe_load((workdir / "lightning_logs/t/config.yaml").read_text())
+    assert config["trainer"]["precision"] == expected
 
 
 def test_validate_reports_the_checkpoint_loss(workdir, tiny_corpus, capsys):
