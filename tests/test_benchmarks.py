@@ -106,6 +106,7 @@ def test_bench_serve_drives_the_server_and_prints_its_table(ckpt):
 
 def test_bench_levers_prints_a_table_row(workdir, tiny_corpus):
     out = run("bench_levers.py", "--name", "tiny", "--", f"--data.path={tiny_corpus}", "--trainer.max_steps=10",
-              "--trainer.val_check_interval=5", "--model.n_layer=1", "--model.n_embd=16", "--data.block_size=16",
+              "--trainer.val_check_interval=5", "--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16",
+              "--data.block_size=16",
               "--sample.every_n_steps=0")  # fmt: skip
     assert re.search(r"^\| tiny \| `.*` \| 1337 \| 10 \| 0:\d\d \| \d\.\d{4} \| \d\.\d{4}, \d\.\d{4} \|", out, re.M)
