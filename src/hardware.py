@@ -22,8 +22,8 @@ BF16_CAPABILITY = (8, 0)
 MISREAD = ("l40s",)
 
 
-# the narrowest model that trains faster in bf16-mixed on a CPU with native bf16: at 128 wide (the default config)
-# a step takes ~20% less time; below it the casts cost more than the matmuls save (docs/experiments.md)
+# the narrowest model measured to train faster in bf16-mixed on a CPU with native bf16: 128 wide (~20% off a step of
+# the quick and default configs); the notebook's 64-wide model ran ~11% slower in it (docs/experiments.md)
 BF16_MIN_WIDTH = 128
 
 
