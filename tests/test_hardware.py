@@ -96,3 +96,26 @@ def test_dtype_auto_takes_bf16_only_for_big_models_on_bf16_cpus(monkeypatch):
         monkeypatch.setattr(cli, "cpu_has_bf16", lambda native=native: native)
         assert cli.decode_dtype("auto", big, cpu) is expected
         assert cli.decode_dtype("auto", small, cpu) is None
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, expected",
+    [
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16\n", True),  # AVX-512 BF16 (this EPYC)
+        ("flags\t\t: fpu avx2 amx_bf16 amx_tile\n", True),  # AMX (Sapphire Rapids)
+        ("flags\t\t: fpu avx2 fma\n", False),  # AVX2 only: bf16 would be emulated
+        (None, False),  # no /proc/cpuinfo (Windows, macOS): fp32, as the README says
+    ],
+)
+def test_native_bf16_is_read_from_proc_cpuinfo(monkeypatch, cpuinfo, expected):
+    from pathlib import Path
+
+    from src.hardware import cpu_has_bf16
+
+    def read_text(path, *args, **kwargs):
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return cpuinfo
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert cpu_has_bf16() is expected
