@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from src.board import token_label
+from src.board import heads_figure, token_label
 from src.train import main
 from tests.conftest import REPO, tiny_args
 
@@ -25,6 +26,17 @@ def events(run) -> EventAccumulator:
 def test_token_labels_name_whitespace_control_characters_and_high_bytes():
     assert [token_label(t, "chars") for t in "\n\t a\x07é"] == ["\\n", "\\t", "space", "a", "U+0007", "é"]
     assert token_label(chr(0xC3), "bytes") == "0xc3" and token_label("A", "bytes") == "A"
+
+
+def test_each_heads_map_names_the_prompts_characters_along_both_axes():
+    ticks = ["T", "o", "space", "b", "e", "\\n"]
+    figure = heads_figure(torch.rand(3, 6, 6).softmax(-1), ticks, "layer 0, step 5")
+    maps = [ax for ax in figure.axes if ax.images]
+    assert [ax.get_title() for ax in maps] == ["head 0", "head 1", "head 2"]
+    for ax in maps:
+        columns = [t.get_text() for t in ax.texts if t.get_rotation() == 90]
+        rows = [t.get_text() for t in ax.texts if t.get_rotation() == 0]
+        assert columns == ticks and rows == ticks
 
 
 def test_a_run_shows_hparams_attention_embeddings_and_readable_curves(workdir, tiny_corpus):
