@@ -1,8 +1,11 @@
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from src.model import GPT, GPTConfig
-from src.optim import MuonAdamW, adamw, param_groups, warmup_decay
+from src.optim import Muon, MuonAdamW, adamw, param_groups, warmup_decay
 
 
 def model() -> GPT:
@@ -96,3 +99,24 @@ def test_muon_state_round_trips_as_plain_data(tmp_path):
     assert again.muon.state_dict()["state"].keys() == optimizer.muon.state_dict()["state"].keys()
     again.param_groups[0]["lr"] = 0.5  # what a scheduler does after a resume reaches the optimizer that steps
     assert again.muon.param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_muon_takes_torchs_steps_and_shares_its_state(nesterov):
+    torch.manual_seed(0)
+    shapes = [(24, 8), (8, 8), (8, 24), (24, 8), (8, 8), (8, 24), (16, 8)]  # repeated and lone shapes, tall and wide
+    ours = [nn.Parameter(torch.randn(*s) * 0.1) for s in shapes]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    options = dict(lr=0.02, weight_decay=0.5, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
+    a, b = Muon(ours, **options), torch.optim.Muon(theirs, **options)
+    for step in range(4):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        if step == 2:  # a resume from the other's checkpoint
+            a.load_state_dict(copy.deepcopy(b.state_dict()))
+        a.step()
+        b.step()
+        for p, q in zip(ours, theirs):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+    assert a.state_dict()["state"].keys() == b.state_dict()["state"].keys()
