@@ -138,7 +138,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"fit": [], "loop": []}
     for _ in range(args.repeats):  # alternating, so a slow spell of a shared machine hits both paths alike
         for mode, results in runs.items():
-            cmd = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
+            # the child's --mode last, where argparse's last value wins: a --mode both given here must not recurse
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
     fit, loop = (sorted(r, key=lambda x: x["tokens_per_sec"])[len(r) // 2] for r in runs.values())  # medians

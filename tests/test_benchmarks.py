@@ -43,7 +43,8 @@ def test_bench_generate_prints_each_variant_against_nanogpt():
 
 def test_bench_train_prints_fit_loop_and_the_overhead(shakespeare):
     sizes = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16", "--data.block_size", "16"]
-    out = run("bench_train.py", "--steps", "2", "--warmup", "1", "--repeats", "1", *sizes, "--data.batch_size", "2")
+    args = ["--steps", "2", "--warmup", "1", "--repeats", "1", "--mode", "both", *sizes, "--data.batch_size", "2"]
+    out = run("bench_train.py", *args)
     assert re.search(r"Trainer\.fit +[\d,]+ tokens/s +[\d.]+ ms/step peak +[\d,]+ MiB", out)
     assert re.search(r"plain loop +[\d,]+ tokens/s", out)
     assert re.search(r"Lightning overhead: [+-]\d+\.\d%", out)
