@@ -9,6 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src import export, generate, serve
+from src.model import GPT, GPTConfig
 from src.train import main
 from tests.conftest import REPO, tiny_args
 
@@ -94,3 +95,15 @@ def test_every_figure_page_names_its_machine_and_date():
     for name in ("performance.md", "experiments.md"):
         text = (REPO / "docs" / name).read_text(encoding="utf-8")
         assert "EPYC-512" in text.split("\n\n")[2] and re.search(r"20\d\d-\d\d-\d\d", text), name
+
+
+def test_the_quick_start_states_the_default_configs_size_steps_and_sample_interval():
+    config = yaml.safe_load((REPO / "configs/shakespeare_char.yaml").read_text(encoding="utf-8"))
+    size, steps = re.search(r"trains a ([\d.]+)M-parameter\s+GPT for ([\d,]+) steps", README).groups()
+    shape = {key: config["model"][key] for key in ("n_layer", "n_head", "n_embd")}
+    shape["block_size"] = config["data"]["block_size"]
+    model = GPT(GPTConfig(vocab_size=65, **shape))  # tiny-shakespeare's 65 characters
+    assert f"{model.num_params() / 1e6:.1f}" == size
+    assert int(steps.replace(",", "")) == config["trainer"]["max_steps"]
+    every = re.search(r"a text sample is\s+printed every ([\d,]+) steps", README).group(1)
+    assert int(every.replace(",", "")) == config["sample"]["every_n_steps"]
