@@ -48,7 +48,11 @@ class GPTConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1
         ]
         if not problems and self.n_embd % self.n_head:
-            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            heads = [h for h in range(1, min(self.n_embd, 32) + 1) if self.n_embd % h == 0]
+            problems.append(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                f"n_head {', '.join(map(str, heads))} fit{'' if self.n_embd <= 32 else ', among others'}"
+            )
         for name in ("dropout", "attn_dropout"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")

@@ -37,6 +37,15 @@ def test_config_errors_name_the_field_and_value(field, value, message):
         GPTConfig(**{"n_head": 4, "n_embd": 32, field: value})
 
 
+def test_a_head_count_that_does_not_divide_the_width_is_answered_with_ones_that_do():
+    with pytest.raises(
+        ValueError, match=r"\(30\) must be divisible by n_head \(4\): n_head 1, 2, 3, 5, 6, 10, 15, 30 fit$"
+    ):
+        GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="n_head 1, 2, 3, 4, 6, 8, 12, 16, 24, 32 fit, among others$"):
+        GPTConfig(n_embd=192, n_head=5)
+
+
 def test_unknown_model_type():
     with pytest.raises(ValueError, match="unknown model_type 'rnn'"):
         build_model("rnn")
