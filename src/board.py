@@ -96,7 +96,7 @@ class AttentionMaps(L.Callback):
         per layer (``attention/layer_N``), the heads as a grid, the prompt's characters along both axes.
 
         Args:
-            enabled: set false to skip the images (about half a second per layer at each validation).
+            enabled: set false to skip the images (about half a second to a second per layer at each validation).
             prompt_chars: how many characters of the validation text the maps show (at most block_size).
         """
         self.enabled, self.prompt_chars = enabled, prompt_chars
