@@ -87,10 +87,10 @@ def test_an_unlisted_or_misread_device_is_measured(fake_cuda, monkeypatch):
 def test_a_slow_spell_at_the_start_does_not_set_the_measured_peak(monkeypatch):
     now, syncs = [0.0], []
 
-    def synchronize(device) -> None:  # the wait after a matmul is where its time passes: 10 ms for the first 10
+    def synchronize(device) -> None:  # the wait after a matmul is where its time passes: 10 ms for the first 8
         syncs.append(device)  # (a busy neighbour), then 2 ms
         if len(syncs) % 2 == 0:
-            now[0] += 0.010 if len(syncs) <= 20 else 0.002
+            now[0] += 0.010 if len(syncs) <= 16 else 0.002
 
     monkeypatch.setattr("src.hardware.synchronize", synchronize)
     monkeypatch.setattr("src.hardware.time.perf_counter", lambda: now[0])
