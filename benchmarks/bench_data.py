@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from src.data import BlockStream, CharDataModule
+from src.data.datamodule import BlockStream, CharDataModule
 from src.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def timed(cmd: list[str], cwd: Path) -> dict:
 
 def load_in_child(corpus: Path, cache: Path) -> dict:
     code = (
-        "import json, time; from src.corpus import corpus_files; from src.token_cache import load_tokens; "
+        "import json, time; from src.data.corpus import corpus_files; from src.data.token_cache import load_tokens; "
         f"t = time.perf_counter(); n = len(load_tokens(corpus_files({str(corpus)!r}), 'chars', {str(cache)!r}).ids); "
         "print(json.dumps({'seconds': time.perf_counter() - t, 'tokens': n}))"
     )

@@ -26,9 +26,9 @@ from timing import alternating_medians
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from src.checkpoint import load_checkpoint, model_from_checkpoint
-from src.data import ScoredWindows
-from src.decoding import generate
+from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
+from src.data.datamodule import ScoredWindows
+from src.generation.decoding import generate
 from src.hardware import cpu_has_bf16
 from src.model import GPT, GPTConfig
 

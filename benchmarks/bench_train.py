@@ -21,7 +21,7 @@ import torch
 def build(args, cli_args: list[str]):
     """The module and data module exactly as ``python -m src.train`` builds them from these options, with a Trainer
     that holds the run's precision, clipping and step count (what ``configure_optimizers`` reads)."""
-    from src.train import build_cli
+    from src.training.cli import build_cli
 
     config = ["--config", args.config] if args.config else []
     settings = [f"--trainer.precision={args.precision}", f"--trainer.max_steps={args.warmup + args.steps}"]
@@ -39,8 +39,8 @@ def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) ->
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from src.callbacks import LearningRates
-    from src.train import RUN_CALLBACKS
+    from src.training.cli import RUN_CALLBACKS
+    from src.training.callbacks import LearningRates
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, *args):

@@ -1,8 +1,8 @@
 """Export a checkpoint for use outside this repository: ``python -m src.export --ckpt_path CKPT --out DIR``.
 
-DIR gets ``model.safetensors`` and ``config.json`` (``src.pretrained``; ``src.generate --ckpt_path DIR`` reads them)
-and ``model.onnx``: the uncached forward, ``idx`` (batch, time) int64 -> ``logits`` (batch, time, vocab), with
-dynamic batch and time (up to block_size), for ONNX Runtime and friends.
+DIR gets ``model.safetensors`` and ``config.json`` (``src.checkpoints.pretrained``; ``src.generate --ckpt_path DIR``
+reads them) and ``model.onnx``: the uncached forward, ``idx`` (batch, time) int64 -> ``logits`` (batch, time, vocab),
+with dynamic batch and time (up to block_size), for ONNX Runtime and friends.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src import entry_point
-from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src import run_command
+from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
+from src.checkpoints.pretrained import save_pretrained
 from src.errors import UserError
 from src.model import LanguageModel
-from src.pretrained import save_pretrained
 
 
 class AllLogits(nn.Module):
@@ -66,22 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    with entry_point():
-        export(build_parser().parse_args(argv))
+    run_command("export", build_parser, export, argv)
 
 
 def export(args: argparse.Namespace) -> None:
-    try:
-        model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path))
-        out = Path(args.out)
-        save_pretrained(model, tokenizer, out)
-        written = ["model.safetensors", "config.json"]
-        if args.onnx:
-            export_onnx(model, out / "model.onnx")
-            written.append("model.onnx")
-    except UserError as err:
-        print(f"chargpt export: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path))
+    out = Path(args.out)
+    save_pretrained(model, tokenizer, out)
+    written = ["model.safetensors", "config.json"]
+    if args.onnx:
+        export_onnx(model, out / "model.onnx")
+        written.append("model.onnx")
     print(f"wrote {', '.join(written)} to {out}", file=sys.stderr)
 
 

@@ -17,12 +17,12 @@ from typing import TextIO
 import torch
 
 from src import run_command
-from src.checkpoint import load_checkpoint, model_from_checkpoint
-from src.decoding import CACHE_MODES, check_decoding_args, generate_tokens
+from src.checkpoints.load import load_model
+from src.data.tokenizer import prompt_ids
 from src.errors import UserError
+from src.generation.decoding import CACHE_MODES, check_decoding_args, generate_tokens
+from src.generation.stop import StopAtText
 from src.hardware import decode_dtype, pick_device
-from src.pretrained import from_pretrained, is_pretrained
-from src.tokenizer import prompt_ids
 
 SEPARATOR = "\n---------------\n"
 
@@ -90,13 +90,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--num_samples must be positive, got {args.num_samples}")
 
 
-def load_model(ckpt_path: str, device: torch.device):
-    """The model (in eval mode, on ``device``) and tokenizer of a checkpoint or an export folder."""
-    if is_pretrained(ckpt_path):
-        return from_pretrained(ckpt_path, device)
-    return model_from_checkpoint(load_checkpoint(ckpt_path, map_location=device))
-
-
 def generate(args: argparse.Namespace) -> None:
     check_args(args)
     device = pick_device(args.device)
@@ -145,35 +138,6 @@ def stream(model, tokenizer, idx: torch.Tensor, args: argparse.Namespace, device
         f"generated {produced} tokens in {seconds:.2f} s ({produced / seconds:.0f} tokens/s) on {device}",
         file=sys.stderr,
     )
-
-
-class StopAtText:
-    """Streams a sample's text to ``out``, holding back just enough to cut it where a ``stops`` text first appears
-    (the earliest, when there are several)."""
-
-    def __init__(self, out: TextIO, stops: str | list[str] | None) -> None:
-        self.stops = [stops] if isinstance(stops, str) else [s for s in stops or [] if s]
-        self.out, self.pending = out, ""
-        self.keep = max(map(len, self.stops), default=1) - 1  # a stop text may be arriving in pieces
-
-    def write(self, text: str) -> bool:
-        """Write what is safe to show; True once a stop text has appeared (nothing from it on is written)."""
-        self.pending += text
-        found = [self.pending.index(stop) for stop in self.stops if stop in self.pending]
-        if found:
-            self.pending = self.pending[: min(found)]
-            self.close()
-            return True
-        cut = max(len(self.pending) - self.keep, 0)
-        shown, self.pending = self.pending[:cut], self.pending[cut:]
-        self.out.write(shown)
-        self.out.flush()
-        return False
-
-    def close(self) -> None:
-        self.out.write(self.pending)
-        self.out.flush()
-        self.pending = ""
 
 
 def main(argv: list[str] | None = None) -> None:

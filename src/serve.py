@@ -1,8 +1,9 @@
 """Serve a trained model: ``python -m src.serve --ckpt_path lightning_logs/<run>/checkpoints/last.ckpt``.
 
 OpenAI's completions API (``POST /v1/completions``, streamed or not; ``GET /v1/models``), ``/health``, Prometheus
-``/metrics`` and a web playground at ``/`` (docs/serving.md). This module is the command line: it loads the model,
-binds the socket and runs uvicorn; ``src.service`` holds the engine and its metrics, ``src.serve_app`` the routes.
+``/metrics`` and a web playground at ``/`` (docs/serving.md). This module is the command line: it loads the model, binds
+the socket and runs uvicorn; ``src.serving.service`` holds the engine and its metrics, ``src.serving.serve_app`` the
+routes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any
 import torch
 
 from src import run_command
-from src.decoding import check_decoding_args
+from src.checkpoints.load import load_model as load_for_decoding
 from src.errors import UserError
-from src.generate import load_model as load_for_decoding
+from src.generation.decoding import check_decoding_args
 from src.hardware import decode_dtype, pick_device
-from src.service import API_KEY_ENV, Server
+from src.serving.service import API_KEY_ENV, Server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +103,7 @@ def url_host(host: str) -> str:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from src.serve_app import create_app
+    from src.serving.serve_app import create_app
 
     check_args(args)
     torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 NANOGPT = REPO.parent / "shared/reference/nanogpt"
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16"]

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
+from src.checkpoints.pretrained import from_pretrained
 from src.export import AllLogits
 from src.export import main as export_main
 from src.generate import main as generate_main
-from src.pretrained import from_pretrained
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from src.decoding import generate
+from src.generation.decoding import generate
 from src.train import main
-from tests.conftest import tiny_args, tiny_gpt
+from tests.helpers import tiny_args, tiny_gpt
 
 pytestmark = pytest.mark.gpu
 

@@ -1,30 +1,72 @@
-"""The direction of dependence in src/: the model is a leaf, and no two modules import each other."""
+"""The rules between src/'s packages (docs in README's "How the code fits together"): the model is plain PyTorch, the
+data side and the model know nothing of training or serving, and nothing imports an entry point."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+ENTRY_POINTS = {"train", "generate", "serve", "export"}
+PACKAGES = {"data", "model", "generation", "checkpoints", "training", "serving"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def src_imports() -> dict[str, set[str]]:
-    """For each module of src/, the src modules it imports (type-checking-only imports included)."""
+    """For each module of src/ (``src.model.gpt``), the src modules it imports (type-checking-only imports
+    included), each as the module's full name."""
+    modules = {module_name(path): path for path in SRC.rglob("*.py")}
     graph = {}
-    for path in SRC.glob("*.py"):
-        names = set()
+    for name, path in modules.items():
+        found = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "src":  # from src import x
-                    names |= {alias.name for alias in node.names}
-                elif node.module.startswith("src."):
-                    names.add(node.module.split(".")[1])
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "src":
+                # `from src.x import y`: y may be a module of the package src.x, or a name defined in src.x
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in modules else node.module)
             elif isinstance(node, ast.Import):
-                names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("src.")}
-        graph[path.stem] = {name for name in names if (SRC / f"{name}.py").exists()}
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "src"}
+        graph[name] = found - {name}
     return graph
 
 
-def test_model_imports_only_errors_and_the_dropout_kernels():
-    assert src_imports()["model"] <= {"errors", "dropout"}
+def package_of(module: str) -> str:
+    """``model`` for ``src.model.gpt``, ``train`` for ``src.train``, ``src`` for the package itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "src"
+
+
+def imported_packages(of: str) -> set[str]:
+    return {package_of(target) for module, targets in src_imports().items() if package_of(module) == of for target in
+            targets} - {of}  # fmt: skip
+
+
+def test_nothing_imports_an_entry_point():
+    importers = {m: t for m, t in src_imports().items() for t in t if package_of(t) in ENTRY_POINTS}
+    assert importers == {}
+
+
+def test_the_model_imports_only_torch_and_errors():
+    assert imported_packages("model") <= {"errors"}
+
+
+def test_model_and_data_import_neither_training_nor_serving():
+    assert imported_packages("data") <= {"errors"}
+    assert not imported_packages("model") & {"training", "serving", "data"}
+
+
+def test_generation_and_checkpoints_sit_below_training_and_serving():
+    assert imported_packages("generation") <= {"model", "data", "errors"}
+    assert imported_packages("checkpoints") <= {"model", "data", "errors", "src"}
+
+
+def test_serving_never_imports_training():
+    assert "training" not in imported_packages("serving")
 
 
 def test_no_two_modules_import_each_other():
@@ -33,6 +75,15 @@ def test_no_two_modules_import_each_other():
     assert not pairs
 
 
-def test_the_graph_is_read():  # guards the two tests above against a parser that finds nothing
+def test_importing_the_model_loads_no_lightning():
+    code = "import sys, src.model; print(any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=SRC.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_graph_is_read():  # guards the tests above against a parser that finds nothing
     graph = src_imports()
-    assert "decoding" in graph and "model" in graph["decoding"] and "checkpoint" in graph["generate"]
+    assert set(graph) >= {f"src.{p}" for p in PACKAGES | ENTRY_POINTS}
+    assert "src.model.gpt" in graph["src.generation.decoding"] or "src.model" in graph["src.generation.decoding"]
+    assert "src.checkpoints.load" in graph["src.generate"]
+    assert imported_packages("training") >= {"model", "data", "checkpoints", "generation"}

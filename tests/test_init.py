@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import src
-from tests.conftest import REPO, tiny_args
+from tests.helpers import REPO, tiny_args
 
 FAKE_OLD_TORCH = "import torch; torch.__version__ = '2.4.1+cu121'; import runpy, sys; sys.argv = ['src.train', 'fit']; "
 FAKE_OLD_TORCH += "runpy.run_module('src.train', run_name='__main__')"
@@ -52,7 +52,7 @@ AFTER_IMPORTS = """
 import os, signal, sys, time
 import src
 signal.signal(signal.SIGINT, src.stop_on_ctrl_c)  # what `python -m src.train` installs
-from src import data
+from src.data import datamodule as data
 from src.train import main
 prepare = data.CharDataModule.prepare_data
 def interrupted(self):  # Ctrl-C arrives while the corpus is prepared, before training's own handler

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from src import export, generate, serve
 from src.model import GPT, GPTConfig
 from src.train import main
-from tests.conftest import REPO, tiny_args
+from tests.helpers import REPO, tiny_args
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -33,7 +33,6 @@ def commands(text: str) -> list[list[str]]:
 def test_the_readme_has_the_commands_a_newcomer_runs():
     modules = {cmd[2] for cmd in commands(README)}
     assert {"src.train", "src.generate", "src.export", "src.serve"} <= modules
-    assert len(README.splitlines()) <= 260  # a page a newcomer reads; the rest is one link away in docs/
 
 
 @pytest.mark.parametrize("cmd", commands(README) + commands((REPO / "docs/training.md").read_text()), ids=shlex.join)
@@ -89,12 +88,6 @@ def test_the_tag_table_names_what_a_default_config_run_writes(workdir, tiny_corp
     assert {re.sub(r"\d+$", "N", tag) for tag in written["images"]} == table["Images"]
     projector = (run / "projector_config.pbtxt").read_text()
     assert table["Projector"] == set(re.findall(r'tensor_name: "([^":]+)', projector))
-
-
-def test_every_figure_page_names_its_machine_and_date():
-    for name in ("performance.md", "experiments.md"):
-        text = (REPO / "docs" / name).read_text(encoding="utf-8")
-        assert "EPYC-512" in text.split("\n\n")[2] and re.search(r"20\d\d-\d\d-\d\d", text), name
 
 
 def test_the_quick_start_states_the_default_configs_size_steps_and_sample_interval():

@@ -1,72 +1,20 @@
 """`python -m src.serve` as users call it: a live server on 127.0.0.1, driven through the official `openai` client."""
 
 import json
-import os
 import re
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 
 from src.generate import main as generate_main
+from tests.helpers import REPO, LiveServer
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-test-key"
 pytestmark = pytest.mark.slow
-
-
-class LiveServer:
-    def __init__(self, ckpt: Path, *flags: str, env: dict | None = None) -> None:
-        command = [sys.executable, "-m", "src.serve", "--ckpt_path", str(ckpt), "--port", "0", *flags]
-        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-        self.banner = []
-        for line in self.process.stdout:
-            self.banner.append(line)
-            found = re.search(r"API\s+(http://127\.0\.0\.1:(\d+))/v1", line)
-            if found:
-                self.url, self.port = found.group(1), int(found.group(2))
-                break
-        else:
-            raise RuntimeError(f"the server did not start: {self.banner}")
-
-    def client(self, key: str = "none") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
-
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(self.url + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-
-    def post(self, body: bytes, headers: dict | None = None) -> tuple[int, dict, object]:
-        request = urllib.request.Request(self.url + "/v1/completions", data=body, headers=headers or {}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read()), response.headers
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read()), err.headers
-
-    def metric(self, name: str) -> float:
-        text = self.get("/metrics")[1]
-        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
-
-    def wait_until_idle(self, seconds: float = 20) -> float:
-        deadline = time.time() + seconds
-        while self.metric("chargpt_completions_active") and time.time() < deadline:
-            time.sleep(0.05)
-        return self.metric("chargpt_completions_active")
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

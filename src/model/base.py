@@ -1,0 +1,130 @@
+"""What every model type shares: ``GPTConfig`` (sizes and options, validated when built) and ``LanguageModel`` (the
+loss, and the decoding interface that ``src.generation`` and ``src.serving`` use).
+
+Shapes: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size (C // nh), V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from src.errors import UserError
+from src.model.kv_cache import KVCache
+
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("relu", "relu2")
+
+
+@dataclass
+class GPTConfig:
+    # data
+    vocab_size: int = 65
+    block_size: int = 256  # the context length: the most tokens the model can attend to
+    # shape
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    # regularisation and details
+    dropout: float = 0.2  # on attention weights, after the attention projection and after the feed-forward
+    bias: bool = True  # biases in Linear layers and LayerNorms (q/k/v have none either way, as in the lecture)
+    # options beyond the lecture, all off by default (docs/experiments.md measures each)
+    rope: bool = False  # rotary position embeddings on q and k instead of the learned position table
+    norm: str = "layernorm"  # or "rmsnorm": no mean subtraction, no bias
+    mlp: str = "relu"  # or "relu2": squared ReLU in the feed-forward
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before their dot products
+    tie_embeddings: bool = False  # the output layer reuses the token embedding matrix
+    attn_dropout: float | None = None  # dropout on the attention weights; None: the same as ``dropout``
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be a positive integer, got {getattr(self, name)!r}"
+            for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1
+        ]
+        if not problems and self.n_embd % self.n_head:
+            heads = [h for h in range(1, min(self.n_embd, 32) + 1) if self.n_embd % h == 0]
+            problems.append(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                f"n_head {', '.join(map(str, heads))} fit{'' if self.n_embd <= 32 else ', among others'}"
+            )
+        for name in ("dropout", "attn_dropout"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS)):
+            if getattr(self, name) not in choices:
+                problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.rope and not problems and self.head_size % 2:
+            problems.append(f"rope needs an even head size, got n_embd / n_head = {self.head_size}")
+        if problems:
+            raise UserError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class LanguageModel(nn.Module):
+    """What GPT and the bigram model share: the config, the loss and the cache interface that
+    ``src.generation.decoding`` decodes with."""
+
+    config: GPTConfig
+    vocab_axes: dict[str, tuple[int, ...]] = {}  # state-dict entries indexed by token id, and along which axes
+
+    @property
+    def head(self) -> nn.Module:
+        """The layer that turns ``features`` into logits."""
+        raise NotImplementedError
+
+    def features(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``head`` reads at each position of ``idx`` (B, T); with ``input_pos`` (T,) the positions of ``idx``
+        in the cache from ``setup_cache``, which holds the tokens before them."""
+        raise NotImplementedError
+
+    def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """For decoding: ``features`` (B, 1, C) at position ``index`` (a 0-d tensor) of ``idx`` only."""
+        raise NotImplementedError
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The lecture's contract: logits (B, T, V) for every position of ``idx`` (B, T), and the mean
+        cross-entropy against ``targets`` (B, T) when they are given (positions marked -100 do not count)."""
+        logits = self.head(self.features(idx))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))  # over (B*T, V)
+
+    def next_logits(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """For decoding (``src.generation.decoding``): the logits (B, V) after position ``index`` (a 0-d tensor) of
+        ``idx`` (B, T) at ``input_pos`` (T,), or (B, T) with a position per row; with ``index`` a tensor, prompts
+        of any length can be padded to one shape."""
+        return self.head(self.features_at(idx, input_pos, index)[:, 0])
+
+    def setup_cache(self, batch_size: int) -> None:
+        """Allocate what cached decoding (``input_pos``) needs, in the weights' dtype; a no-op for stateless
+        models."""
+
+    def clear_cache(self) -> None:
+        """Drop the cache allocated by ``setup_cache``."""
+
+    def kv_caches(self) -> list[KVCache]:
+        """The cache of each layer (none for stateless models)."""
+        return []
+
+    def use_kv_caches(self, caches: list[KVCache]) -> None:
+        """Decode with these caches (e.g. ``KVCache.rows`` views of ``kv_caches()``), one per layer."""
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward and backward): 6 per parameter, as in the PaLM paper's estimate."""
+        return 6 * self.num_params()
+
+    def token_embeddings(self) -> torch.Tensor:
+        """(V, d): the learned vector of each token."""
+        raise NotImplementedError

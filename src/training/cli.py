@@ -1,0 +1,279 @@
+"""The training CLI (LightningCLI over ``CharGPT`` and ``CharDataModule``) and the rules around it: where each run
+lives, which callbacks every run has, the precision and logger a config leaves unset, and ``--ckpt_path last``.
+
+Each run lives in ``lightning_logs/<run_name>/``: TensorBoard events, ``config.yaml`` and ``checkpoints/`` (the
+best by val_loss and ``last.ckpt``, the newest state). A fixed folder per run is what lets ``--ckpt_path last`` find
+the run and continue its curves, or start it when there is nothing to resume yet, so one unchanged command serves a
+requeueing scheduler; starting a new fit over a run that has a ``last.ckpt`` without it is refused.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from src.checkpoints.checkpoint import load_checkpoint, readable_checkpoints
+from src.data.datamodule import CharDataModule
+from src.errors import UserError
+from src.hardware import default_precision
+from src.training.board import AttentionMaps, Embeddings, RunSummary
+from src.training.callbacks import LearningRates, SampleText, Throughput
+from src.training.last_checkpoint import LastCheckpoint, Trainer
+from src.training.module import CharGPT
+from src.training.rng import RNGState
+
+TENSORBOARD = "src.training.board.TensorBoard"  # the logger a run gets unless its config names one
+LOG_ROOT = "lightning_logs"  # the default of --trainer.default_root_dir
+# what every run shows and keeps besides its checkpoints and text samples, by config section; also what
+# benchmarks/bench_train.py gives a plain Trainer, so that the overhead it measures is a CLI run's
+RUN_CALLBACKS = {
+    "attention_maps": AttentionMaps,
+    "throughput": Throughput,
+    "run_summary": RunSummary,
+    "embeddings": Embeddings,
+    "rng_state": RNGState,
+}
+DEFAULT_CONFIG_NAME = "shakespeare_char.yaml"
+
+
+def default_config() -> Path:
+    """The config ``fit`` takes when none is given: ``configs/`` beside ``src/`` in a checkout, ``src/configs/`` in
+    an installed package (pyproject.toml ships the folder there)."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package.parent / "configs", package / "configs"):
+        if (folder / DEFAULT_CONFIG_NAME).is_file():
+            return folder / DEFAULT_CONFIG_NAME
+    return package.parent / "configs" / DEFAULT_CONFIG_NAME
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """``config.yaml`` into the run's folder, logger or not: without a logger Lightning would write it into the
+    working directory, where the next loggerless run overwrites it and ``--config`` picks it up by mistake."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is None and not self.already_saved:
+            run_dir = Path(self.config.trainer.default_root_dir or LOG_ROOT) / self.config.run_name
+            if trainer.is_global_zero:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
+            self.already_saved = True
+        super().setup(trainer, pl_module, stage)
+
+
+class ChargptCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # predict has nothing to predict here: per-character losses are what `test` reports
+        return {name: args for name, args in LightningCLI.subcommands().items() if name != "predict"}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--run_name", default="chargpt", help="the run's folder under --trainer.default_root_dir (lightning_logs)"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-step={step}-val_loss={val_loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LearningRates, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(SampleText, "sample")
+        for name, callback in RUN_CALLBACKS.items():  # each switchable with --<name>.enabled false
+            parser.add_lightning_class_args(callback, name)
+        # block_size and the tokenizer are given once, under data, and reach the model; the vocabulary reaches it
+        # in CharGPT.setup, once prepare_data has encoded the corpus
+        parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments("data.tokenizer", "model.tokenizer")
+
+    def parse_arguments(self, parser, args) -> None:
+        self._argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+        refuse_renamed(self._argv)
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):
+            config, subcommand = self.config[self.config.subcommand], self.config.subcommand
+            self._settle_defaults(config, subcommand)
+            self._settle_ckpt_path(config, subcommand)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # one switch for each of chargpt's callbacks: --<name>.enabled false leaves it out of the run
+        trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True)]
+        return trainer
+
+    def _settle_defaults(self, config, subcommand: str) -> None:
+        """The run's logger, checkpoint folders and precision, unless the config gives them; bad values refused."""
+        trainer = config.trainer
+        root = trainer.default_root_dir or LOG_ROOT
+        run_dir = Path(root) / config.run_name
+        if trainer.logger in (None, True):
+            # validate and test log into a folder of their own, so the training run's files are never touched
+            version = "" if subcommand == "fit" else subcommand
+            trainer.logger = {
+                "class_path": TENSORBOARD,
+                "init_args": {
+                    "save_dir": root,
+                    "name": config.run_name,
+                    "version": version,
+                    "default_hp_metric": False,
+                },
+            }
+        if trainer.enable_progress_bar is None:  # the redrawn bar on a terminal, plain log lines in a file
+            trainer.enable_progress_bar = sys.stdout.isatty()
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        if config.last_checkpoint.dirpath is None:
+            config.last_checkpoint.dirpath = config.checkpoint.dirpath
+        if config.checkpoint.save_last:
+            raise UserError(
+                "--checkpoint.save_last: last.ckpt is written by last_checkpoint (at every validation, every "
+                "--last_checkpoint.every_n_minutes, at the end and on Ctrl-C); leave checkpoint.save_last unset"
+            )
+        if trainer.precision is None:
+            width = config.model.n_embd if config.model.model_type == "gpt" else None  # the bigram has no matmuls
+            trainer.precision = default_precision(trainer.accelerator, width)
+        if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
+            raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
+
+    def _other_checkpoints(self, broken: Path, config) -> str:
+        """What to do instead of an unreadable ``--ckpt_path``: the readable checkpoints beside it (and in the run's
+        folder), with their steps, and the command that uses the newest."""
+        # one entry per folder however it is spelled, shown as the user gave it
+        folders = {f.resolve(): f for f in (Path(config.checkpoint.dirpath), broken.parent)}.values()
+        found = sorted((c for f in folders for c in readable_checkpoints(f, broken)), key=lambda c: -c[0])
+        if not found:
+            return f". No other readable checkpoint in {' or '.join(sorted(map(str, folders)))}"
+        listed = ", ".join(f"{path.name} (step {step})" for step, path in found)
+        command = resume_command(self._argv, str(found[0][1]))
+        return f". Readable checkpoints: {listed}. To go on from the newest: {command}"
+
+    def _settle_ckpt_path(self, config, subcommand: str) -> None:
+        """Resolve ``--ckpt_path last``; refuse a bad checkpoint, or a new fit over a run that has one."""
+        run_dir = Path(config.trainer.default_root_dir or LOG_ROOT) / config.run_name
+        last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            if last.is_file():
+                config.ckpt_path = ckpt_path = str(last)
+            elif subcommand == "fit":  # Lightning's convention: the first start of a requeued job
+                notice(f"chargpt: no {last} yet: starting run {config.run_name!r} from step 0")
+                config.ckpt_path = ckpt_path = None
+            else:
+                raise UserError(f"--ckpt_path last: there is no {last}; pick the run with --run_name")
+        if subcommand == "test" and not ckpt_path:
+            raise UserError("test scores a trained model: pass --ckpt_path (a .ckpt, or last for the run's newest)")
+        if ckpt_path:
+            try:
+                step = load_checkpoint(ckpt_path)["global_step"]  # refuses missing, corrupt, unsafe and foreign files
+            except UserError as err:
+                raise UserError(f"{err}{self._other_checkpoints(Path(ckpt_path), config)}") from None
+            logger = config.trainer.logger
+            if subcommand == "fit" and isinstance(logger, dict) and logger["class_path"] == TENSORBOARD:
+                # what the interrupted run logged after its checkpoint is dropped: each step appears once
+                logger["init_args"]["purge_step"] = step + 1
+        elif subcommand == "fit" and last.exists():
+            raise UserError(
+                f"run {config.run_name!r} already has {last}: resume it with --ckpt_path last, or "
+                f"start a new run with --run_name NAME (or delete {run_dir})"
+            )
+
+
+RENAMED = {"attention": "attention_maps", "data.strict": "data.strict_utf8"}  # old config keys -> new
+
+
+def refuse_renamed(args: list[str]) -> None:
+    """A clear error for a config key that has been renamed, given as a flag or in a --config file."""
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    configs = {path: read_yaml(path) for path in paths}
+    for old, new in RENAMED.items():
+        flags = [a for a in args if a == f"--{old}" or a.startswith((f"--{old}.", f"--{old}="))]
+        if flags:
+            raise UserError(
+                f"{flags[0].split('=')[0]}: {old} is now called {new}; use --{new}"
+                + flags[0][len(old) + 2 :].split("=")[0]
+            )
+        for path, config in configs.items():
+            if has_key(config, old):
+                raise UserError(f"{path}: the key {old} is now called {new}: rename it in the file")
+
+
+def read_yaml(path: str):
+    """The YAML file's contents, or None when it cannot be read (the CLI's own parser then says why)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def has_key(node, dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+@rank_zero_only
+def notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resume_command(args: list[str], ckpt_path: str = "last") -> str:
+    """The command line that continues this run: the same arguments with ``--ckpt_path`` set to ``ckpt_path``."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        skip = arg == "--ckpt_path"
+        if not skip:
+            kept.append(arg)
+    return shlex.join(["python", "-m", "src.train", *kept, "--ckpt_path", ckpt_path])
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
+    """The CLI over CharGPT and CharDataModule; with ``run=False`` it only builds the module, data and Trainer."""
+    return ChargptCLI(
+        CharGPT,
+        CharDataModule,
+        trainer_class=Trainer,  # checkpoint writes that fail on every rank at once
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,  # the module builds AdamW with its own parameter groups
+        seed_everything_default=1337,
+        save_config_callback=SaveRunConfig,
+        save_config_kwargs={"overwrite": True},  # a resumed run writes config.yaml into its own folder again
+        trainer_defaults={
+            "max_steps": 5000,
+            "val_check_interval": 250,
+            "check_val_every_n_epoch": None,  # validate every val_check_interval steps, not per epoch
+            "log_every_n_steps": 50,
+            "gradient_clip_val": 1.0,
+            "enable_progress_bar": None,  # settled by the CLI: a bar on a terminal, plain lines otherwise
+            "precision": None,  # settled by the CLI: src.hardware.default_precision
+        },
+    )
+
+
+def with_default_config(args: list[str]) -> list[str]:
+    """``args`` with ``--config configs/shakespeare_char.yaml`` after the subcommand when they name no config: the
+    code's own defaults describe the lecture's 10.8M model, hours of work on a CPU, while the default run is that
+    config. Its settings stay overridable by any flag after it."""
+    if not args or args[0] not in ChargptCLI.subcommands() or any(a.split("=")[0] == "--config" for a in args):
+        return args
+    config = default_config()
+    if not config.is_file():
+        raise UserError(f"no --config given and the default {config} is missing: pass --config FILE")
+    return [args[0], "--config", str(config), *args[1:]]

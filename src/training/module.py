@@ -1,0 +1,227 @@
+"""CharGPT: the LightningModule around GPT or the bigram model: steps, loss, optimizer and checkpoint contents.
+
+Every init argument is a plain value (the vocabulary is a string), so the checkpoint's hyper-parameters rebuild the
+model and tokenizer on their own and load with ``torch.load(weights_only=True)``. Without a vocabulary the network
+is built in ``setup``, from the data module's prepared corpus.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torchmetrics import MeanMetric, SumMetric
+
+from src.checkpoints.build import build
+from src.checkpoints.checkpoint import init_from_checkpoint, mark
+from src.data.tokenizer import Tokenizer, prompt_ids
+from src.errors import UserError
+from src.generation.decoding import generate
+from src.model import LanguageModel
+from src.training.optim import MuonAdamW, adamw, hidden_matrices, warmup_decay
+
+
+class CharGPT(L.LightningModule):
+    def __init__(
+        self,
+        vocab: str | None = None,
+        tokenizer: Literal["chars", "bytes"] = "chars",
+        model_type: Literal["gpt", "bigram"] = "gpt",
+        block_size: int = 256,
+        n_layer: int = 6,
+        n_head: int = 6,
+        n_embd: int = 384,
+        dropout: float = 0.2,
+        bias: bool = True,
+        rope: bool = False,
+        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        mlp: Literal["relu", "relu2"] = "relu",
+        qk_norm: bool = False,
+        tie_embeddings: bool = False,
+        attn_dropout: float | None = None,
+        learning_rate: float = 1e-3,
+        min_lr: float = 1e-4,
+        warmup_steps: int = 100,
+        lr_decay_steps: int | None = None,
+        lr_schedule: Literal["cosine", "linear"] = "cosine",
+        weight_decay: float = 0.1,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        optimizer: Literal["adamw", "muon"] = "adamw",
+        compile: bool = False,
+        init_from: str | None = None,
+    ) -> None:
+        """GPT (or the bigram model) trained with AdamW and warmup + cosine decay.
+
+        Args:
+            vocab: the characters of the vocabulary in id order; by default the data module's, once it is set up.
+            tokenizer: "chars" or "bytes"; linked from --data.tokenizer by the CLI.
+            model_type: "gpt" (the lecture's transformer) or "bigram" (its baseline).
+            block_size: context length; linked from --data.block_size by the CLI.
+            n_layer: transformer blocks.
+            n_head: attention heads per block.
+            n_embd: embedding width (divisible by n_head).
+            dropout: dropout probability, 0 to turn it off.
+            bias: biases in Linear layers and LayerNorms.
+            rope: rotary position embeddings in attention instead of the learned position table (not the lecture's).
+            norm: "layernorm" (the lecture's) or "rmsnorm".
+            mlp: the feed-forward's activation: "relu" (the lecture's) or "relu2" (squared ReLU).
+            qk_norm: RMS-normalise each head's queries and keys (not the lecture's).
+            tie_embeddings: the output layer shares the token embedding matrix (not the lecture's).
+            attn_dropout: dropout on the attention weights alone; by default the same as dropout (the lecture's).
+            learning_rate: peak learning rate, reached after the warmup.
+            min_lr: learning rate at the end of the decay; equal to learning_rate for a constant rate.
+            warmup_steps: steps of linear warmup.
+            lr_decay_steps: the step at which the decay reaches min_lr (nanoGPT's lr_decay_iters); defaults to
+                trainer.max_steps.
+            lr_schedule: the decay's shape after the warmup: "cosine" (nanoGPT's) or "linear" (a straight line to
+                min_lr).
+            weight_decay: AdamW weight decay of matrices and embeddings (never of biases and norms).
+            beta1: AdamW beta1.
+            beta2: AdamW beta2.
+            optimizer: "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for embeddings, the output
+                layer, norms and biases, one learning rate and schedule for both.
+            compile: compile the model in place with torch.compile.
+            init_from: a checkpoint whose weights a new fit starts from (fine-tuning): the same architecture, any
+                corpus; optimizer, schedule and step count start afresh.
+        """
+        super().__init__()
+        if vocab == "":
+            raise UserError("model.vocab is empty: leave it unset to take the data module's, or give its characters")
+        problems = [f"{k} must be positive, got {v}" for k, v in (("learning_rate", learning_rate),) if v <= 0]
+        problems += [
+            f"{k} must be 0 or more, got {v}"
+            for k, v in (("min_lr", min_lr), ("warmup_steps", warmup_steps), ("weight_decay", weight_decay))
+            if v < 0
+        ]
+        problems += [
+            f"{k} must be in [0, 1), got {v}" for k, v in (("beta1", beta1), ("beta2", beta2)) if not 0 <= v < 1
+        ]
+        if problems:
+            raise UserError("invalid model settings: " + "; ".join(f"--model.{p}" for p in problems))
+        self.save_hyperparameters()
+        self.model: LanguageModel | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.val_loss = MeanMetric()
+        self.test_nll, self.test_chars = SumMetric(), SumMetric()
+        self._compiled = False
+        if vocab is not None:
+            self.build_network(vocab)
+
+    def build_network(self, vocab: str) -> None:
+        """Build the network and tokenizer for ``vocab``, which the checkpoint's hyper-parameters then record."""
+        self.hparams.vocab = vocab
+        self.model, self.tokenizer = build(self.hparams)
+
+    def setup(self, stage: str) -> None:
+        self._build_for_data(stage)
+
+    def _build_for_data(self, stage: str) -> None:
+        # after the data module's prepare_data and setup: its vocabulary is known
+        data = self.trainer.datamodule
+        if self.model is None:
+            self.build_network(data.vocab)
+            if self.hparams.init_from and stage == "fit" and self.trainer.ckpt_path is None:  # not when resuming
+                done = init_from_checkpoint(self.model, self.tokenizer, self.hparams.init_from)
+                if self.trainer.is_global_zero:
+                    print(f"chargpt: {done}", file=sys.stderr, flush=True)
+        elif data is not None:  # e.g. the CLI built the module from a checkpoint's hyper-parameters
+            self._check_vocab(self.hparams.vocab, data.vocab)
+
+    @staticmethod
+    def _check_vocab(trained: str, corpus: str) -> None:
+        if trained != corpus:
+            raise UserError(
+                f"the checkpoint was trained on a vocabulary of {len(trained)} characters, but this corpus has "
+                f"{len(corpus)}: pass the --data.path (or default corpus) the checkpoint was trained on"
+            )
+
+    def configure_model(self) -> None:
+        if self.model is None and self.trainer.datamodule is not None:
+            # a callback may need the network before setup: weight averaging copies it in its own setup
+            self._build_for_data(self.trainer.state.fn)
+        if self.hparams.compile and not self._compiled:
+            self.model.compile()  # in place, so state-dict keys keep their names
+            self._compiled = True
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            # only on the steps the logger writes (what Lightning would drop anyway): self.log costs a noticeable
+            # share of a small model's CPU step (docs/performance.md, Lightning overhead)
+            self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def on_validation_start(self) -> None:
+        self._float32_metrics()
+
+    def on_test_start(self) -> None:
+        self._float32_metrics()
+
+    def _float32_metrics(self) -> None:
+        # precision="bf16-true" converts the whole module, metric states included: a sum of thousands of losses
+        # in bf16 loses whole units (test_loss came out 1.4375 instead of 1.4631)
+        for metric in (self.val_loss, self.test_nll, self.test_chars):
+            metric.set_dtype(torch.float32)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.val_loss.update(loss)  # every batch has the same size, so the mean of means is the mean
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # synced across ranks
+        self.val_loss.reset()
+        self.log("val_loss", loss, prog_bar=True)
+        self.log("val_bpc", loss / math.log(2))
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch  # y is -100 where a window does not score (see CharDataModule.test_dataloader)
+        logits, _ = self.model(x)
+        nll = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), reduction="sum")
+        self.test_nll.update(nll)
+        self.test_chars.update((y != -100).sum())
+
+    def on_test_epoch_end(self) -> None:
+        nll, chars = self.test_nll.compute(), self.test_chars.compute()  # synced across ranks
+        self.test_nll.reset()
+        self.test_chars.reset()
+        loss = nll / chars
+        self.log_dict({"test_loss": loss, "test_bpc": loss / math.log(2), "test_chars": chars.float()})
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        # Lightning refuses to clip gradients under mixed precision with an optimizer that unscales them itself,
+        # as the fused AdamW does: fall back to the foreach kernel there
+        mixed = str(self.trainer.precision).endswith("mixed")
+        fused = not (mixed and self.trainer.gradient_clip_val)
+        build = MuonAdamW if hp.optimizer == "muon" and hidden_matrices(self.model) else adamw
+        optimizer = build(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
+        total = hp.lr_decay_steps or self.trainer.max_steps
+        scheduler = warmup_decay(optimizer, hp.warmup_steps, total, hp.min_lr, hp.lr_schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def sample(self, prompt: str, max_new_tokens: int, generator: torch.Generator | None = None, **options) -> str:
+        """Prompt + continuation as text; the model's train/eval mode is left as it was."""
+        idx = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = generate(self.model, idx, max_new_tokens, generator=generator, **options)
+        finally:
+            self.model.train(was_training)
+        return self.tokenizer.decode(out[0].tolist())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        mark(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_vocab(checkpoint.get("hyper_parameters", {}).get("vocab", self.hparams.vocab), self.hparams.vocab)

@@ -1,0 +1,161 @@
+"""The fast decoding path (src/decoding.py): compiled equals eager, a batch equals its samples drawn one by one,
+bf16 weights leave the model alone, and the compile cache serves a second process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from src.generation.decoding import generate, generate_tokens
+from src.model import BigramLanguageModel, GPTConfig
+from tests.helpers import tiny_gpt
+
+PROMPT = torch.tensor([[1, 2, 3]])
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_the_draw_is_torch_multinomials():
+    """``src.generate`` output is unchanged for a seed: the static step draws what ``torch.multinomial`` drew."""
+    model = tiny_gpt()
+    ours = generate(model, PROMPT, 40, top_k=5, generator=seeded(4))
+    seq = PROMPT
+    g = seeded(4)
+    with torch.no_grad():
+        for _ in range(40):
+            logits, _ = model(seq[:, -16:])
+            logits = logits[:, -1]
+            kth = torch.topk(logits, 5).values[:, -1:]
+            probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+            seq = torch.cat([seq, torch.multinomial(probs, 1, generator=g)], dim=1)
+    assert torch.equal(ours, seq)
+
+
+def test_compiled_equals_eager_inside_and_beyond_the_window():
+    """A 3-token prompt fills the cache through the padded window, a 1-token prompt through the one-token step."""
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    for prompt in (PROMPT, PROMPT[:, :1]):
+        for options in ({"temperature": 0}, {"top_k": 5, "top_p": 0.9}):
+            runs = [generate(model, prompt, 40, generator=seeded(1), compile=c, **options) for c in (False, True)]
+            assert torch.equal(*runs), options
+            uncached = generate(model, prompt, 40, generator=seeded(1), cache="none", **options)
+            assert torch.equal(runs[1], uncached), options
+
+
+def test_a_batch_draws_what_each_sample_draws_alone():
+    model = tiny_gpt()
+    batch = generate(model, PROMPT.expand(3, -1), 40, generator=[seeded(7 + i) for i in range(3)])
+    alone = [generate(model, PROMPT, 40, generator=seeded(7 + i)) for i in range(3)]
+    assert torch.equal(batch, torch.cat(alone))
+    assert len({tuple(row.tolist()) for row in batch}) == 3
+
+
+def test_bf16_decoding_works_on_a_copy():
+    model = tiny_gpt()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    greedy = generate(model, PROMPT, 40, temperature=0, dtype=torch.bfloat16)
+    assert greedy.shape == (1, 43) and greedy.max() < 11
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+CHILD = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from src.generation.decoding import generate
+from tests.helpers import tiny_gpt
+torch.manual_seed(0)
+model = tiny_gpt()
+prompt = torch.tensor([[1, 2, 3]])
+out = generate(model, prompt, 30, top_k=5, generator=torch.Generator().manual_seed(3), compile=True)
+eager = generate(model, prompt, 30, top_k=5, generator=torch.Generator().manual_seed(3))
+print(json.dumps({"same": torch.equal(out, eager), "hits": counters["inductor"]["fxgraph_cache_hit"]}))
+"""
+
+
+def test_a_second_process_compiles_from_the_cache(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert runs[0]["same"] and runs[1]["same"]
+    assert runs[0]["hits"] == 0 and runs[1]["hits"] >= 2  # the step and the window graphs, from disk
+
+
+def test_a_model_compiled_in_place_still_decodes_eagerly():
+    """Training with --model.compile compiles the model in place; sampling from it must not compile (a graph per
+    length) unless asked."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_gpt()
+    expected = {c: generate(model, PROMPT, 30, generator=seeded(2), cache=c) for c in ("exact", "none")}
+    model.compile()
+    before = counters["stats"]["unique_graphs"]
+    for cache, tokens in expected.items():
+        assert torch.equal(generate(model, PROMPT, 30, generator=seeded(2), cache=cache), tokens)
+    assert counters["stats"]["unique_graphs"] == before
+
+
+@pytest.mark.parametrize("length", [10, 40])  # inside the 16-token window, and well beyond it
+def test_greedy_cached_equals_uncached_token_for_token(length):
+    torch.manual_seed(3)
+    model = tiny_gpt()
+    prompt = torch.randint(0, 11, (2, 3))
+    exact = generate(model, prompt, length, temperature=0, cache="exact")
+    reference = generate(model, prompt, length, temperature=0, cache="none")
+    assert torch.equal(exact, reference)
+
+
+def test_sampled_cached_equals_uncached_with_the_same_generator():
+    model = tiny_gpt()
+    prompt = torch.randint(0, 11, (2, 3))
+    runs = [
+        generate(model, prompt, 30, top_k=5, generator=torch.Generator().manual_seed(9), cache=cache)
+        for cache in ("exact", "none")
+    ]
+    assert torch.equal(*runs)
+
+
+def test_window_mode_is_exact_inside_the_window_and_keeps_going_beyond():
+    model = tiny_gpt()
+    prompt = torch.randint(0, 11, (1, 2))
+    window = generate(model, prompt, 40, temperature=0, cache="window")
+    exact = generate(model, prompt, 40, temperature=0, cache="exact")
+    assert window.shape == (1, 42)
+    assert torch.equal(window[:, :16], exact[:, :16])
+
+
+def test_prompts_empty_and_too_long():
+    model = tiny_gpt()
+    with pytest.raises(ValueError, match="an empty prompt"):  # one rule for it: src.data.tokenizer.prompt_ids
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 5, temperature=0)
+    long_prompt = torch.randint(0, 11, (1, 30))
+    new_from_long = generate(model, long_prompt, 5, temperature=0)[:, 30:]
+    new_from_cropped = generate(model, long_prompt[:, -16:], 5, temperature=0)[:, 16:]
+    assert torch.equal(new_from_long, new_from_cropped)
+
+
+def test_generation_ignores_dropout_state_and_global_rng():
+    model = tiny_gpt(dropout=0.5)
+    state = torch.get_rng_state()
+    generate_tokens_out = list(
+        generate_tokens(model, torch.zeros(1, 1, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0))
+    )
+    assert len(generate_tokens_out) == 5
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_bigram_generates_in_every_cache_mode():
+    model = BigramLanguageModel(GPTConfig(vocab_size=11, block_size=8))
+    idx = torch.randint(0, 11, (2, 8))
+    out = generate(model, idx[:, :2], 20, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (2, 22)
+    greedy = [generate(model, idx[:, :2], 12, temperature=0, cache=c) for c in ("exact", "window", "none")]
+    assert torch.equal(greedy[0], greedy[2]) and torch.equal(greedy[1], greedy[2])

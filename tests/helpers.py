@@ -1,0 +1,214 @@
+"""What several test files share: tiny models, corpora and CLI arguments, a live server, a headless browser. Fixtures
+are in conftest.py; test files import these, never each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
+
+
+def tiny_gpt(**overrides):
+    """A 2-layer, 16-wide GPT over 11 tokens with a 16-token window, in eval mode."""
+    from src.model import GPT, GPTConfig
+
+    config = {"vocab_size": 11, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0}
+    return GPT(GPTConfig(**{**config, **overrides})).eval()
+
+
+TINY_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+
+
+def tiny_args(corpus: Path, max_steps: int = 20, run_name: str = "t", **extra) -> list[str]:
+    args = {
+        "data.path": str(corpus),
+        "data.block_size": 16,
+        "data.batch_size": 4,
+        "data.val_batches": 2,
+        "model.n_layer": 1,
+        "model.n_head": 2,
+        "model.n_embd": 16,
+        "model.dropout": 0.1,
+        "model.warmup_steps": 5,
+        "trainer.max_steps": max_steps,
+        "trainer.val_check_interval": 10,
+        "trainer.log_every_n_steps": 5,
+        "trainer.enable_progress_bar": False,
+        "trainer.enable_model_summary": False,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "sample.every_n_steps": 10,
+        "sample.max_new_tokens": 20,
+        "run_name": run_name,
+        **extra,
+    }
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def bad_checkpoints(tmp_path: Path, ckpt: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 0}, foreign)
+    return {
+        "missing": (tmp_path / "nope.ckpt", "does not exist"),
+        "directory": (tmp_path, "is a directory"),
+        "text": (text, "is not a readable checkpoint"),
+        "truncated": (truncated, "is not a readable checkpoint"),
+        "foreign": (foreign, "is not a chargpt checkpoint"),
+    }
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# every text node of the page, shadow roots (TensorBoard's Polymer dashboards) and same-origin frames included
+TEXT_OF_PAGE = """(() => {
+  const out = [];
+  const walk = (node) => {
+    if (node.shadowRoot) walk(node.shadowRoot);
+    if (node.tagName === "IFRAME" && node.contentDocument) walk(node.contentDocument);
+    for (const child of node.childNodes) child.nodeType === 3 ? out.push(child.textContent) : walk(child);
+  };
+  walk(document);
+  return out.join(" ");
+})()"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 60) -> bytes:
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read()
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+class Browser:
+    """Headless Chromium over the DevTools protocol: open a page, read its text."""
+
+    def __init__(self, profile) -> None:
+        import websocket  # the dev extra's websocket-client
+
+        port = free_port()
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--window-size=1400,1000"]
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *flags, f"--remote-debugging-port={port}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        pages = json.loads(wait_for(f"http://127.0.0.1:{port}/json/list"))
+        url = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
+        self.ws, self.calls = websocket.create_connection(url, timeout=30), 0
+
+    def call(self, method: str, **params) -> dict:
+        self.calls += 1
+        self.ws.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.ws.recv())
+            if reply.get("id") == self.calls:
+                return reply.get("result", {})
+
+    def text_once_shown(self, url: str, expected: list[str], seconds: float = 60) -> str:
+        """The page's text once every expected string shows (or the deadline passes)."""
+        self.call("Page.navigate", url=url)
+        deadline, text = time.time() + seconds, ""
+        while time.time() < deadline:
+            text = self.call("Runtime.evaluate", expression=TEXT_OF_PAGE, returnByValue=True)["result"].get("value", "")
+            if all(s in text for s in expected):
+                break
+            time.sleep(0.5)
+        return text
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+class LiveServer:
+    def __init__(self, ckpt: Path, *flags: str, env: dict | None = None) -> None:
+        command = [sys.executable, "-m", "src.serve", "--ckpt_path", str(ckpt), "--port", "0", *flags]
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        self.banner = []
+        for line in self.process.stdout:
+            self.banner.append(line)
+            found = re.search(r"API\s+(http://127\.0\.0\.1:(\d+))/v1", line)
+            if found:
+                self.url, self.port = found.group(1), int(found.group(2))
+                break
+        else:
+            raise RuntimeError(f"the server did not start: {self.banner}")
+
+    def client(self, key: str = "none"):
+        import openai  # the dev extra's; only the serving tests call this
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def post(self, body: bytes, headers: dict | None = None) -> tuple[int, dict, object]:
+        request = urllib.request.Request(self.url + "/v1/completions", data=body, headers=headers or {}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read()), response.headers
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read()), err.headers
+
+    def metric(self, name: str) -> float:
+        text = self.get("/metrics")[1]
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+    def wait_until_idle(self, seconds: float = 20) -> float:
+        deadline = time.time() + seconds
+        while self.metric("chargpt_completions_active") and time.time() < deadline:
+            time.sleep(0.05)
+        return self.metric("chargpt_completions_active")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -1,0 +1,147 @@
+"""Continuous batching: completions decoded together, joining and leaving between steps, each one the text it would
+be alone (``src.generation.decoding.generate_tokens`` with its seed and options)."""
+
+import threading
+
+import pytest
+import torch
+
+from src.data.tokenizer import CharTokenizer
+from src.generation.decoding import generate_tokens
+from src.serving.engine import Completion, Engine, QueueFull, Sampling
+from tests.helpers import tiny_gpt
+
+TOKENIZER = CharTokenizer("\nabcdefghij")  # 11 tokens, tiny_gpt's vocabulary size
+CASES = [  # prompt ids, new tokens, seed, sampling: windows of 16 tokens, so every case refills its window
+    ([1, 2, 3], 40, 1, Sampling(0.8)),
+    ([0], 25, 2, Sampling(1.0, top_k=3)),
+    ([4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4, 5, 6, 7], 30, 3, Sampling(0.0)),
+    ([2, 2], 45, 4, Sampling(0.9, top_p=0.8)),
+    ([3], 20, 1, Sampling(0.8)),  # the same options as the first: one draw serves both rows
+]
+
+
+def alone(model, ids, new_tokens, seed, sampling, cache):
+    generator = [torch.Generator().manual_seed(seed)]
+    options = dict(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, cache=cache)
+    tokens = generate_tokens(model, torch.tensor([ids]), new_tokens, generator=generator, **options)
+    return TOKENIZER.decode([t.item() for t in tokens])
+
+
+class Collect:
+    """A sink that gathers each completion's text and says when all are done."""
+
+    def __init__(self, expected: int) -> None:
+        self.texts, self.reasons, self.left, self.done = {}, {}, expected, threading.Event()
+
+    def __call__(self, events) -> None:
+        for completion, text, finish_reason in events:
+            self.texts[completion.tag] = self.texts.get(completion.tag, "") + text
+            if finish_reason is not None:
+                self.reasons[completion.tag] = finish_reason
+                self.left -= 1
+        if self.left <= 0:
+            self.done.set()
+
+
+def start(model, sink, **options) -> Engine:
+    return Engine(model, TOKENIZER, sink, **options).start()
+
+
+@pytest.mark.parametrize("cache", ["window", "exact"])
+def test_each_completion_is_what_it_would_be_alone_whoever_joins_or_leaves(cache):
+    model = tiny_gpt()
+    expected = [alone(model, *case, cache) for case in CASES]
+    sink = Collect(len(CASES))
+    engine = start(model, sink, max_batch=3, cache=cache)  # fewer slots than completions: some wait for a slot
+    try:
+        completions = [Completion(list(ids), n, seed, s, tag=i) for i, (ids, n, seed, s) in enumerate(CASES)]
+        engine.submit(completions[:2])
+        engine.submit(completions[2:])
+        assert sink.done.wait(60)
+    finally:
+        engine.close()
+    assert [sink.texts[i] for i in range(len(CASES))] == expected
+    assert set(sink.reasons.values()) == {"length"}
+    assert engine.counts() == (0, 0)
+
+
+def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged():
+    model = tiny_gpt()
+    expected = alone(model, [1, 2, 3], 200, 5, Sampling(0.8), "window")
+    seen = threading.Event()
+
+    def sink(events):
+        for completion, text, _ in events:
+            texts[completion.tag] = texts.get(completion.tag, "") + text
+            if completion.tag == "leaves" and completion.produced >= 10:
+                seen.set()
+
+    texts = {}
+    engine = start(model, sink, max_batch=2)
+    try:
+        leaves = Completion([4], 10_000, 1, Sampling(1.0), tag="leaves")  # the first slot: the other row moves
+        stays = Completion([1, 2, 3], 200, 5, Sampling(0.8), tag="stays")
+        engine.submit([leaves, stays])
+        assert seen.wait(30)
+        engine.cancel(leaves)
+        waiting = Completion([2], 5, 9, Sampling(0.0), tag="waiting")
+        engine.submit([waiting])
+        engine.cancel(waiting)  # cancelled before it had a slot: it leaves the queue at once
+        while stays.finish_reason is None:
+            threading.Event().wait(0.01)
+    finally:
+        engine.close()
+    assert texts["stays"] == expected
+    assert leaves.finish_reason is None and leaves.produced < 10_000
+    assert "waiting" not in texts
+    assert engine.counts() == (0, 0)
+
+
+def test_stop_texts_end_a_completion_where_the_first_one_appears():
+    model = tiny_gpt()
+    full = alone(model, [1], 60, 3, Sampling(1.0), "window")
+    stops = [full[20:23], full[30:32]]  # two stop texts: the earlier appearance wins
+    first = min(full.index(s) for s in stops)
+    sink = Collect(1)
+    engine = start(model, sink)
+    try:
+        engine.submit([Completion([1], 60, 3, Sampling(1.0), stops, tag=0)])
+        assert sink.done.wait(30)
+    finally:
+        engine.close()
+    assert sink.texts[0] == full[:first]
+    assert sink.reasons[0] == "stop"
+
+
+def test_a_full_queue_refuses_new_work():
+    blocked = threading.Event()
+    engine = start(tiny_gpt(), lambda events: blocked.wait(30), max_batch=1, max_queue=1)
+    try:
+        engine.submit([Completion([1], 10_000, 1)])  # takes the slot (its sink holds the engine)
+        engine.submit([Completion([1], 5, 2)])  # waits
+        with pytest.raises(QueueFull):
+            engine.submit([Completion([1], 5, 3)])
+    finally:
+        blocked.set()
+        for completion in list(engine.active) + list(engine.waiting):
+            engine.cancel(completion)
+        engine.close()
+
+
+def test_a_step_that_fails_ends_every_completion_with_an_error_and_the_engine_goes_on(monkeypatch):
+    model = tiny_gpt()
+    sink = Collect(2)
+    engine = start(model, sink, max_batch=2)
+    try:
+        monkeypatch.setattr(engine, "_step", lambda stepping: (_ for _ in ()).throw(RuntimeError("boom")))
+        engine.submit([Completion([1], 5, 1, tag=0), Completion([2], 5, 2, tag=1)])
+        assert sink.done.wait(30)
+        assert sink.reasons == {0: "error", 1: "error"} and "boom" in sink.texts[0]
+        monkeypatch.undo()
+        after = Collect(1)
+        engine.sink = after
+        engine.submit([Completion([1], 5, 1, tag=2)])
+        assert after.done.wait(30) and after.reasons == {2: "length"}
+    finally:
+        engine.close()

@@ -1,0 +1,48 @@
+from types import SimpleNamespace
+
+import pytest
+
+from src.errors import UserError
+from src.training.module import CharGPT
+
+VOCAB = "\n !abcdefghij"
+PLAIN = (str, int, float, bool, type(None))
+
+
+def module(**kwargs) -> CharGPT:
+    return CharGPT(vocab=VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=16, **kwargs)
+
+
+def attach_trainer(m: CharGPT, precision: str = "32-true", clip: float | None = 1.0, max_steps: int = 100):
+    m._trainer = SimpleNamespace(precision=precision, gradient_clip_val=clip, max_steps=max_steps)
+
+
+def test_hyperparameters_are_plain_values():
+    hparams = dict(module().hparams)
+    assert hparams["vocab"] == VOCAB
+    assert all(isinstance(v, PLAIN) for v in hparams.values()), hparams
+
+
+@pytest.mark.parametrize(
+    "precision, clip, fused", [("32-true", 1.0, True), ("bf16-mixed", 1.0, None), ("bf16-mixed", None, True)]
+)
+def test_optimizer_and_schedule(precision, clip, fused):
+    m = module(warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    attach_trainer(m, precision, clip)
+    config = m.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert optimizer.defaults["fused"] is fused
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+    assert config["lr_scheduler"]["interval"] == "step"
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 11)
+    for _ in range(100):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_bad_settings_name_the_option():
+    with pytest.raises(UserError, match="--model.learning_rate must be positive, got 0.*--model.beta2"):
+        module(learning_rate=0, beta2=1.0)
+    with pytest.raises(UserError, match="model.vocab is empty"):
+        CharGPT(vocab="")
