@@ -56,6 +56,32 @@ def test_resume_continues_steps_and_curves(workdir, tiny_corpus):
     assert len(steps) == 3 and steps == sorted(steps) and steps[-1] >= 29  # one run, one curve, no restart at 0
 
 
+def test_a_fit_ends_with_its_result_where_its_files_are_and_what_to_run_next(workdir, tiny_corpus, capfd, caplog):
+    """The last evaluation comes after the last progress line: the summary is where a user reads the result. Its
+    best value is the best of the whole run, resumed or not."""
+    main(["fit", *tiny_args(tiny_corpus, max_steps=20, **{"trainer.val_check_interval": 10})])
+    main(["fit", *tiny_args(tiny_corpus, max_steps=30, **{"trainer.val_check_interval": 10}), "--ckpt_path=last"])
+    out, _ = capfd.readouterr()
+    lightning = [record.getMessage() for record in caplog.records]
+    assert not [m for m in lightning if "Tip:" in m]  # Lightning's advert for its cloud logger
+    assert [m for m in lightning if m.startswith("GPU available")]  # its device lines stay
+    summary = out[out.rindex("chargpt: fit finished") :].splitlines()
+    assert summary[0].startswith("chargpt: fit finished at step 30 after 0:0")
+    # TensorBoard files each evaluation under the step before it (Lightning's), the summary under the step count
+    val = {step + 1: loss for step, loss in scalars(workdir / "lightning_logs" / "t")["val_loss"]}
+    best_step = min(val, key=val.get)
+    best = val[best_step]
+    assert summary[1] == f"  best val   {best:.4f} ({best / math.log(2):.4f} bpc) at step {best_step}"
+    assert summary[2].startswith(f"  final val  {val[30]:.4f} (") and summary[2].endswith("at step 30")
+    paths = {line.split()[0]: line.split()[1] for line in summary[3:5]}
+    assert paths["last"] == "lightning_logs/t/checkpoints/last.ckpt" and Path(paths["best"]).is_file()
+    assert f"best-step={best_step}-val_loss={best:.4f}" in paths["best"]
+    commands = {line.split()[0]: line.split(maxsplit=1)[1] for line in summary[5:]}
+    assert commands["resume"].startswith("python -m src.train fit ") and commands["resume"].endswith("--ckpt_path last")
+    assert commands["sample"] == "python -m src.generate --ckpt_path lightning_logs/t/checkpoints/last.ckpt"
+    assert commands["watch"] == "tensorboard --logdir lightning_logs"
+
+
 def final_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 

@@ -1,11 +1,14 @@
-"""What training shows while it runs, on the terminal and to every logger: ``SampleText`` (what the model writes),
-``Throughput`` (tokens/s, MFU, gradient norm, and plain log lines for batch jobs) and ``LearningRates``. What only
-TensorBoard can show is in ``src.training.board``."""
+"""What training shows on the terminal and to every logger: ``SampleText`` (what the model writes), ``Throughput``
+(tokens/s, MFU, gradient norm, and plain log lines for batch jobs), ``LearningRates``, and ``FitSummary`` (the
+run's result when fit ends). What only TensorBoard can show is in ``src.training.board``."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -164,3 +167,62 @@ class LearningRates(LearningRateMonitor):
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class FitSummary(L.Callback):
+    def __init__(self, enabled: bool = True) -> None:
+        """When fit ends, or stops on Ctrl-C or SIGTERM: the run's best and final val loss with their steps, its
+        wall time, where its checkpoints are and the commands that resume it, sample from it and show it.
+
+        Args:
+            enabled: set false for no summary.
+        """
+        self.enabled = enabled
+        self.best: tuple[float, int] | None = None  # (val loss, step), kept across a resume
+        self.final: tuple[float, int] | None = None
+        self.commands: dict[str, str] = {}  # what to run next, by purpose: the CLI fills it in
+        self._started = time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or "val_loss" not in trainer.callback_metrics:
+            return
+        self.final = (trainer.callback_metrics["val_loss"].item(), trainer.global_step)
+        if self.best is None or self.final[0] < self.best[0]:
+            self.best = self.final
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.report(trainer, f"finished at step {trainer.global_step}")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        signum = getattr(exception, "signum", None)  # a TrainingInterrupted: stopped on a signal
+        if signum is not None:
+            self.report(trainer, f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}")
+
+    def report(self, trainer: L.Trainer, how: str) -> None:
+        if trainer.is_global_zero:
+            print("\n".join(self.lines(trainer, how)), flush=True)
+
+    def lines(self, trainer: L.Trainer, how: str) -> list[str]:
+        wall = int(time.perf_counter() - self._started)
+        lines = [f"chargpt: fit {how} after {wall // 3600}:{wall // 60 % 60:02d}:{wall % 60:02d}"]
+        for name, entry in (("best val", self.best), ("final val", self.final)):
+            if entry is not None:
+                lines.append(f"  {name:<10} {entry[0]:.4f} ({entry[0] / math.log(2):.4f} bpc) at step {entry[1]}")
+        if self.best is None:
+            lines.append("  no evaluation yet")
+        for callback in trainer.callbacks:
+            path = getattr(callback, "path", None) or getattr(callback, "best_model_path", None)
+            if path and Path(path).is_file():
+                shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
+                lines.append(f"  {'last' if Path(path).name == 'last.ckpt' else 'best':<10} {shown}")
+        lines += [f"  {purpose:<10} {command}" for purpose, command in self.commands.items()]
+        return lines
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "final": self.final}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.final = state_dict["best"], state_dict["final"]

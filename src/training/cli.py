@@ -9,6 +9,7 @@ requeueing scheduler; starting a new fit over a run that has a ``last.ckpt`` wit
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from src.data.datamodule import CharDataModule
 from src.errors import UserError
 from src.hardware import default_precision
 from src.training.board import AttentionMaps, Embeddings, RunSummary
-from src.training.callbacks import LearningRates, SampleText, Throughput
+from src.training.callbacks import FitSummary, LearningRates, SampleText, Throughput
 from src.training.last_checkpoint import LastCheckpoint, Trainer
 from src.training.module import CharGPT
 from src.training.rng import RNGState
@@ -90,6 +91,7 @@ class ChargptCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRates, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleText, "sample")
+        parser.add_lightning_class_args(FitSummary, "fit_summary")
         for name, callback in RUN_CALLBACKS.items():  # each switchable with --<name>.enabled false
             parser.add_lightning_class_args(callback, name)
         # block_size and the tokenizer are given once, under data, and reach the model; the vocabulary reaches it
@@ -110,6 +112,15 @@ class ChargptCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         # one switch for each of chargpt's callbacks: --<name>.enabled false leaves it out of the run
         trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True)]
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
+        for callback in trainer.callbacks:
+            if isinstance(callback, FitSummary):
+                callback.commands = {
+                    "resume": resume_command(getattr(self, "_argv", [])),
+                    "sample": shlex.join(["python", "-m", "src.generate", "--ckpt_path", str(last)]),
+                    "watch": shlex.join(["tensorboard", "--logdir", config.trainer.default_root_dir or LOG_ROOT]),
+                }
         return trainer
 
     def _settle_defaults(self, config, subcommand: str) -> None:
@@ -243,8 +254,18 @@ def resume_command(args: list[str], ckpt_path: str = "last") -> str:
     return shlex.join(["python", "-m", "src.train", *kept, "--ckpt_path", ckpt_path])
 
 
+class NoTips(logging.Filter):
+    """Drops Lightning's adverts ("💡 Tip: ... try installing litlogger"), keeping its device and precision lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
     """The CLI over CharGPT and CharDataModule; with ``run=False`` it only builds the module, data and Trainer."""
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's rank_zero_info writes
+    if not any(isinstance(f, NoTips) for f in tips.filters):
+        tips.addFilter(NoTips())
     return ChargptCLI(
         CharGPT,
         CharDataModule,

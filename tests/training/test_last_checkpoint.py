@@ -85,7 +85,7 @@ def test_a_signal_saves_the_step_reached_and_exits_with_its_status(workdir, tiny
     proc = start(tiny_args(tiny_corpus, max_steps=100_000, **no_validation), workdir)
     wait_for_line(proc, "--- sample at step 40 ---")
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err[-3000:]
     last = workdir / "lightning_logs/t/checkpoints/last.ckpt"
     step = step_of(last)
@@ -93,6 +93,11 @@ def test_a_signal_saves_the_step_reached_and_exits_with_its_status(workdir, tiny
     lines = [line for line in err.splitlines() if line.startswith(f"chargpt: {signum.name}")]
     assert len(lines) == 1 and f"{signum.name}: saved {last.relative_to(workdir)} at step {step}" in lines[0]
     assert "--ckpt_path last" in lines[0] and "Traceback" not in err
+    # the run's summary on stdout says how it ended, and what comes next
+    summary = out[out.index("chargpt: fit stopped") :]
+    assert summary.startswith(f"chargpt: fit stopped by {signum.name} at step {step} after ")
+    assert "no evaluation yet" in summary and f"last       {last.relative_to(workdir)}" in summary
+    assert "resume" in summary and "--ckpt_path last" in summary
 
 
 @pytest.mark.slow
