@@ -18,6 +18,19 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# every model option beyond the lecture, at a value other than its default: the tests that take each option
+# through training, checkpoints, export and decoding read this, and tests/training/test_module.py checks that it
+# names every GPTConfig field that is not one of the lecture's sizes
+MODEL_OPTIONS = {
+    "rope": True,
+    "norm": "rmsnorm",
+    "mlp": "relu2",
+    "qk_norm": True,
+    "tie_embeddings": True,
+    "bias": False,
+    "attn_dropout": 0.0,
+}
+LECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
 
 

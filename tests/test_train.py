@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
 from src.train import main
-from tests.helpers import REPO, run_cli, tiny_args
+from tests.helpers import MODEL_OPTIONS, REPO, run_cli, tiny_args
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -413,8 +413,7 @@ def test_the_csv_logger_gets_what_the_readme_says(workdir, tiny_corpus):
     assert (workdir / "lightning_logs/csv/checkpoints/last.ckpt").exists()
 
 
-EVERY_OPTION = ["--model.rope=true", "--model.norm=rmsnorm", "--model.mlp=relu2", "--model.qk_norm=true",
-                "--model.tie_embeddings=true", "--model.bias=false"]  # fmt: skip
+EVERY_OPTION = [f"--model.{name}={str(value).lower()}" for name, value in MODEL_OPTIONS.items()]
 
 
 def test_a_model_with_every_option_resumes_exactly_tests_exports_and_generates(workdir, tiny_corpus, capsys):

@@ -9,6 +9,7 @@ from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint, s
 from src.checkpoints.pretrained import from_pretrained, save_pretrained
 from src.model import MODELS, GPTConfig, model_type_of
 from src.training.module import CharGPT
+from tests.helpers import MODEL_OPTIONS
 
 VOCAB = "\n !abcdefghij"
 SIZES = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0}
@@ -45,15 +46,7 @@ def test_describe_and_build_are_inverse_and_an_unregistered_type_is_refused():
         model_type_of(Unregistered(model.config))
 
 
-OPTIONS = {  # the model options beyond the lecture, each one config line
-    "rope": {"rope": True},
-    "rmsnorm": {"norm": "rmsnorm"},
-    "relu2": {"mlp": "relu2"},
-    "qk_norm": {"qk_norm": True},
-    "tied": {"tie_embeddings": True},
-    "no_bias": {"bias": False},
-    "attn_dropout": {"attn_dropout": 0.0},
-}
+OPTIONS = {name: {name: value} for name, value in MODEL_OPTIONS.items()}  # one config line each
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
@@ -73,7 +66,7 @@ def test_each_model_option_survives_a_checkpoint_and_an_export_and_decodes_as_it
         assert rebuilt.config == model.config
         assert all(getattr(rebuilt.config, k) == v for k, v in OPTIONS[option].items())
         assert torch.equal(rebuilt(idx)[0], logits)
-        if option == "tied":
+        if option == "tie_embeddings":
             assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
     # the KV cache, a position per row as the server batches them, gives what the whole window gives
     model.setup_cache(2)

@@ -1,9 +1,13 @@
+import inspect
+from dataclasses import MISSING, fields
 from types import SimpleNamespace
 
 import pytest
 
 from src.errors import UserError
+from src.model import GPTConfig
 from src.training.module import CharGPT
+from tests.helpers import LECTURE_FIELDS, MODEL_OPTIONS
 
 VOCAB = "\n !abcdefghij"
 PLAIN = (str, int, float, bool, type(None))
@@ -15,6 +19,23 @@ def module(**kwargs) -> CharGPT:
 
 def attach_trainer(m: CharGPT, precision: str = "32-true", clip: float | None = 1.0, max_steps: int = 100):
     m._trainer = SimpleNamespace(precision=precision, gradient_clip_val=clip, max_steps=max_steps)
+
+
+def test_every_model_field_is_an_option_with_the_same_default_and_a_help_line():
+    """GPTConfig's fields and CharGPT's arguments are declared apart (the CLI reads CharGPT's signature and
+    docstring): a field added to one and not the other fails here, and so does one missing from the option list
+    that the checkpoint, export, resume and decoding tests run through."""
+    arguments = inspect.signature(CharGPT.__init__).parameters
+    for field in fields(GPTConfig):
+        if field.name == "vocab_size":  # the vocabulary's length, not an option
+            continue
+        assert field.name in arguments, f"GPTConfig.{field.name} is not an argument of CharGPT"
+        default = field.default if field.default is not MISSING else field.default_factory()
+        assert arguments[field.name].default == default, field.name
+        assert f"\n            {field.name}: " in CharGPT.__init__.__doc__, f"{field.name} has no help line"
+    beyond_the_lecture = {f.name for f in fields(GPTConfig)} - set(LECTURE_FIELDS)
+    assert set(MODEL_OPTIONS) == beyond_the_lecture
+    assert all(MODEL_OPTIONS[name] != getattr(GPTConfig(), name) for name in MODEL_OPTIONS)
 
 
 def test_hyperparameters_are_plain_values():
