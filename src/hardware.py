@@ -22,8 +22,8 @@ BF16_CAPABILITY = (8, 0)
 MISREAD = ("l40s",)
 
 
-# the narrowest model measured to train faster in bf16-mixed on a CPU with native bf16: 128 wide (~20% off a step of
-# the quick and default configs); the notebook's 64-wide model ran ~11% slower in it (docs/experiments.md)
+# the narrowest model measured to train faster in bf16-mixed than in fp32 on a CPU with native bf16; narrower ones ran
+# slower in it (docs/experiments.md, the precision rule)
 BF16_MIN_WIDTH = 128
 
 
@@ -82,11 +82,9 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
         listed = get_available_flops(device, dtype)
     if listed and not any(misread in name.lower() for misread in MISREAD):
         return float(listed), f"{name} datasheet (Lightning's table), {str(dtype).removeprefix('torch.')} dense"
-    # the best reading: a busy neighbour only ever makes a matmul slower (one slow reading inflated MFU past 100%).
-    # At least 8 readings over at least a tenth of a second: 8 back to back (~16 ms on a CPU) once fell inside a slow
-    # spell of a shared VM, 0.46 TFLOP/s against 1.00-1.14 in calm moments, and MFU read 53% instead of ~23%. Spells
-    # can outlast the window (1 in 18 measurements still read ~0.4-0.5, as many with a quarter second), so MFU on a
-    # shared CPU is a rough figure; a longer window would only add start-up time
+    # the best reading: a busy neighbour only ever makes a matmul slower. At least 8 readings over at least
+    # PEAK_SECONDS, since a few back to back can all fall inside a slow spell of a shared VM; spells can outlast any
+    # window worth its start-up time, so MFU on a shared CPU stays a rough figure (docs/performance.md)
     n = 1024
     a = b = torch.full((n, n), 0.5, dtype=dtype, device=device)  # not randn: the global RNG is the run's
     best, readings, began = math.inf, 0, time.perf_counter()

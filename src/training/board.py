@@ -143,8 +143,8 @@ def heads_figure(weights: torch.Tensor, ticks: list[str], title: str):
         ax = figure.add_subplot(rows, cols, h + 1)
         ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"head {h}", fontsize=9)
-        # characters as plain text, not tick labels: matplotlib's ticks made a 6-head figure take ~1.7 s to build
-        # and render against ~0.5 s, at every validation of every layer (docs/experiments.md)
+        # characters as plain text, not tick labels: matplotlib's ticks cost several times as much to build and
+        # render, at every validation of every layer (docs/experiments.md)
         ax.set_xticks([])
         ax.set_yticks([])
         for i, tick in enumerate(ticks):
