@@ -39,8 +39,8 @@ def run_fit(dm, module, steps: int, warmup: int, precision: str, device: str) ->
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from src.training.cli import RUN_CALLBACKS
     from src.training.callbacks import LearningRates
+    from src.training.cli import RUN_CALLBACKS
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, *args):

@@ -105,9 +105,9 @@ def create_app(server: Server) -> FastAPI:
 
 async def stream(server: Server, job: Job, cid: str, include_usage: bool):
     """Server-sent events: one chunk per choice for what arrived since the last one, at most one write per
-    ``--stream_interval`` (fewer, larger writes cost clients and server less CPU: docs/serving.md), then ``[DONE]``. However
-    it ends (a client gone included), the completions still decoding are cancelled: their slots free at the next
-    step."""
+    ``--stream_interval`` (fewer, larger writes cost clients and server less CPU: docs/serving.md), then
+    ``[DONE]``. However it ends (a client gone included), the completions still decoding are cancelled: their slots
+    free at the next step."""
     interval, sent = server.args.stream_interval, 0.0
     try:
         while job.open:

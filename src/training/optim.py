@@ -66,8 +66,9 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon`` with the Newton-Schulz iterations of same-shaped matrices batched: one matmul per
     iteration for every layer's ``c_attn``, another for their ``c_proj``, and so on: one by one, a small model's many
-    small matrices cost a large share of a CPU step (docs/experiments.md measures both). The state (a ``momentum_buffer`` per matrix), the defaults and the arithmetic are torch's,
-    so the two load each other's state and take the same steps."""
+    small matrices cost a large share of a CPU step (docs/experiments.md measures both). The state (a
+    ``momentum_buffer`` per matrix), the defaults and the arithmetic are torch's, so the two load each other's state
+    and take the same steps."""
 
     @torch.no_grad()
     def step(self, closure=None):
