@@ -112,7 +112,9 @@ class ChargptCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         # one switch for each of chargpt's callbacks: --<name>.enabled false leaves it out of the run
         trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True)]
-        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        if not self.config.get("subcommand"):  # built without running (benchmarks/bench_train.py)
+            return trainer
+        config = self.config[self.config.subcommand]
         last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
         for callback in trainer.callbacks:
             if isinstance(callback, FitSummary):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from src.generation.decoding import generate, generate_tokens
+from src.generation.decoding import CACHE_MODES, generate
 from src.model import BigramLanguageModel, GPTConfig
 from tests.helpers import tiny_gpt
 
@@ -142,14 +142,17 @@ def test_prompts_empty_and_too_long():
     assert torch.equal(new_from_long, new_from_cropped)
 
 
-def test_generation_ignores_dropout_state_and_global_rng():
-    model = tiny_gpt(dropout=0.5)
+@pytest.mark.parametrize("cache", CACHE_MODES)
+def test_generation_turns_dropout_off_restores_the_mode_and_leaves_the_global_rng_alone(cache):
+    """A model in training mode (the sampling callback's) samples as in eval mode: no dropout mask is drawn, so
+    the global RNG that training's masks come from is untouched, and the model is left training."""
+    model = tiny_gpt(dropout=0.5).train()
+    prompt = torch.zeros(1, 3, dtype=torch.long)
     state = torch.get_rng_state()
-    generate_tokens_out = list(
-        generate_tokens(model, torch.zeros(1, 1, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0))
-    )
-    assert len(generate_tokens_out) == 5
-    assert torch.equal(state, torch.get_rng_state())
+    in_training = generate(model, prompt, 24, generator=torch.Generator().manual_seed(0), cache=cache)
+    assert model.training and torch.equal(state, torch.get_rng_state())
+    in_eval = generate(model.eval(), prompt, 24, generator=torch.Generator().manual_seed(0), cache=cache)
+    assert torch.equal(in_training, in_eval)
 
 
 def test_bigram_generates_in_every_cache_mode():
