@@ -39,11 +39,12 @@ def shakespeare() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA device")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip)
+        if "ckpt" in getattr(item, "fixturenames", ()):  # it needs a trained checkpoint: the session trains one
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
+
 NANOGPT = REPO.parent / "shared/reference/nanogpt"
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16"]
 

@@ -11,6 +11,8 @@ from src.export import AllLogits
 from src.export import main as export_main
 from src.generate import main as generate_main
 
+pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
+
 
 @pytest.fixture(scope="module")
 def exported(ckpt, tmp_path_factory):

@@ -11,6 +11,8 @@ from src.generate import main as generate_main
 from src.train import main as train_main
 from tests.helpers import REPO, TINY_TEXT, bad_checkpoints, tiny_args
 
+pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
+
 
 def generate(capsys, *args: str) -> tuple[str, str]:
     generate_main(list(args))

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENTRY_POINTS = {"train", "generate", "serve", "export"}
 PACKAGES = {"data", "model", "generation", "checkpoints", "training", "serving"}
@@ -75,6 +77,7 @@ def test_no_two_modules_import_each_other():
     assert not pairs
 
 
+@pytest.mark.slow
 def test_importing_the_model_loads_no_lightning():
     code = "import sys, src.model; print(any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=SRC.parent, capture_output=True, text=True, check=True)

@@ -13,6 +13,8 @@ import pytest
 import src
 from tests.helpers import REPO, tiny_args
 
+pytestmark = pytest.mark.slow  # end to end: launches processes
+
 FAKE_OLD_TORCH = "import torch; torch.__version__ = '2.4.1+cu121'; import runpy, sys; sys.argv = ['src.train', 'fit']; "
 FAKE_OLD_TORCH += "runpy.run_module('src.train', run_name='__main__')"
 
@@ -34,7 +36,6 @@ def test_the_floors_agree_with_the_install_metadata_and_the_readme():
     assert f"PyTorch {torch_floor} or newer" in readme and f"Python {python_floor} or newer" in readme
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("after", [0.5, 1.5])
 def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(workdir, tiny_corpus, after):
     """0.5 s in, torch is being imported; 1.5 s in, Lightning (training starts some seconds later)."""
@@ -54,6 +55,7 @@ import src
 signal.signal(signal.SIGINT, src.stop_on_ctrl_c)  # what `python -m src.train` installs
 from src.data import datamodule as data
 from src.train import main
+
 prepare = data.CharDataModule.prepare_data
 def interrupted(self):  # Ctrl-C arrives while the corpus is prepared, before training's own handler
     os.kill(os.getpid(), signal.SIGINT)

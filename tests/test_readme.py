@@ -73,6 +73,7 @@ def table_tags() -> dict[str, set[str]]:
     return tags
 
 
+@pytest.mark.slow
 def test_the_tag_table_names_what_a_default_config_run_writes(workdir, tiny_corpus):
     """The default config trains with Muon, whose learning rates are logged under the optimizer's own names."""
     default = yaml.safe_load((REPO / "configs/shakespeare_char.yaml").read_text())

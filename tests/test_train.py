@@ -21,6 +21,8 @@ from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
 from src.train import main
 from tests.helpers import MODEL_OPTIONS, REPO, run_cli, tiny_args
 
+pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
+
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir))
@@ -182,7 +184,6 @@ def test_new_fit_never_overwrites_a_run(workdir, tiny_corpus, capsys):
     assert "already has" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_sigkill_never_leaves_a_broken_last_checkpoint(workdir, tiny_corpus):
     rng = random.Random(0)
     args = tiny_args(tiny_corpus, max_steps=100_000, **{"model.n_embd": 64, "last_checkpoint.every_n_minutes": 0})
@@ -209,7 +210,6 @@ def test_sigkill_never_leaves_a_broken_last_checkpoint(workdir, tiny_corpus):
     assert ckpt["global_step"] >= 1
 
 
-@pytest.mark.slow
 def test_two_process_ddp_on_cpu(workdir, tiny_corpus):
     args = tiny_args(tiny_corpus, **{"trainer.devices": 2, "trainer.strategy": "ddp", "sample.every_n_steps": 10})
     result = run_cli("fit", *args, cwd=workdir)

@@ -41,6 +41,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     assert torch.equal(model(idx, idx)[0], m.model(idx, idx)[0])
 
 
+@pytest.mark.slow
 def test_checkpoint_that_runs_code_on_unpickling_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"

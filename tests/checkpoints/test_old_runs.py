@@ -4,12 +4,15 @@ on tests.helpers.TINY_TEXT with a 1-layer, 8-wide model trained 10 steps."""
 
 import shutil
 
+import pytest
 import torch
 
 from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
 from src.generate import main as generate_main
 from src.train import main
 from tests.helpers import REPO, TINY_TEXT
+
+pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
 
 FIXTURE = REPO / "tests" / "fixtures" / "old_run"
 

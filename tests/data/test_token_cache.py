@@ -167,6 +167,7 @@ def test_files_with_no_text_at_all_are_refused(tmp_path):
         load_tokens(corpus_files(tmp_path / "empty"), "chars", tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_encoding_in_spawned_workers_gives_the_same_bytes(tmp_path, monkeypatch):
     """Windows and macOS start pool workers with spawn (and Linux from Python 3.14, forkserver): a worker inherits
     nothing from this process, so everything it needs must travel in its task."""
@@ -242,6 +243,7 @@ def test_ids_outside_the_vocabulary_are_refused_even_with_a_matching_checksum(tm
     assert src.data.token_cache.check_ids(ids, meta) == "holds id 9, outside the vocabulary of 4"
 
 
+@pytest.mark.slow
 def test_a_fit_on_a_damaged_cache_heals_it_and_trains(workdir, tiny_corpus, capsys):
     from src.train import main
 

@@ -16,6 +16,8 @@ from src.train import main
 from src.training.board import heads_figure, token_label
 from tests.helpers import REPO, tiny_args
 
+pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
+
 
 def events(run) -> EventAccumulator:
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from src.train import main
-from tests.helpers import Browser, free_port, tiny_args, wait_for
+from tests.helpers import CHROMIUM, Browser, free_port, tiny_args, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]
 
 
 @pytest.fixture

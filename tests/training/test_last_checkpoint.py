@@ -18,6 +18,8 @@ from src.train import main
 from src.training.cli import resume_command, with_default_config
 from tests.helpers import REPO, tiny_args
 
+pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
+
 
 def step_of(path: Path) -> int:
     return load_checkpoint(path)["global_step"]
@@ -78,7 +80,6 @@ def test_last_checkpoint_is_written_after_the_step_that_closes_each_interval(
     assert step_of(workdir / "lightning_logs/t/checkpoints/last.ckpt") == 20
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_the_step_reached_and_exits_with_its_status(workdir, tiny_corpus, signum, status):
     no_validation = {"trainer.val_check_interval": 100_000, "sample.every_n_steps": 20, "model.n_embd": 64}
@@ -100,7 +101,6 @@ def test_a_signal_saves_the_step_reached_and_exits_with_its_status(workdir, tiny
     assert "resume" in summary and "--ckpt_path last" in summary
 
 
-@pytest.mark.slow
 def test_resume_after_sigterm_equals_the_uninterrupted_run(workdir, tiny_corpus):
     args = {"model.lr_decay_steps": 400, "sample.every_n_steps": 20, "trainer.val_check_interval": 100}
     main(["fit", *tiny_args(tiny_corpus, max_steps=400, run_name="whole", **args)])
@@ -119,7 +119,6 @@ def test_resume_after_sigterm_equals_the_uninterrupted_run(workdir, tiny_corpus)
         assert torch.equal(whole[key], resumed[key]), key
 
 
-@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_never_corrupts_last_checkpoint(workdir, tiny_corpus):
     args = {"last_checkpoint.every_n_minutes": 0, "sample.every_n_steps": 20, "model.n_embd": 64}
     proc = start(tiny_args(tiny_corpus, max_steps=100_000, **args), workdir)
@@ -171,7 +170,6 @@ def small_disk() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["read-only folder", "full disk"])
 def test_a_failed_write_names_the_path_and_keeps_the_previous_checkpoint(workdir, tiny_corpus, failure):
     args = tiny_args(tiny_corpus, max_steps=10, **{"model.n_embd": 64})
@@ -202,7 +200,6 @@ def test_a_failed_write_names_the_path_and_keeps_the_previous_checkpoint(workdir
     assert not list(checkpoints.glob(".*.tmp"))
 
 
-@pytest.mark.slow
 def test_under_ddp_a_signal_to_one_rank_stops_every_rank_and_rank_zero_saves(workdir, tiny_corpus):
     ddp = {"trainer.devices": 2, "trainer.strategy": "ddp", "trainer.val_check_interval": 100_000}
     proc = start(tiny_args(tiny_corpus, max_steps=100_000, **ddp, **{"sample.every_n_steps": 20}), workdir)
@@ -214,7 +211,6 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_and_rank_zero_saves(wor
     assert len([line for line in err.splitlines() if line.startswith("chargpt: SIGTERM: saved")]) == 1
 
 
-@pytest.mark.slow
 def test_under_ddp_a_failed_write_stops_every_rank_with_one_message(workdir, tiny_corpus):
     ddp = {"trainer.devices": 2, "trainer.strategy": "ddp", "model.n_embd": 64, "attention_maps.enabled": "false"}
     args = tiny_args(tiny_corpus, max_steps=20, **ddp, **{"sample.every_n_steps": 0})
