@@ -16,10 +16,11 @@ from tests.helpers import SHAKESPEARE, TINY_TEXT
 def _hygiene():
     torch.manual_seed(0)
     random.seed(0)
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    dtype, threads, matmul = torch.get_default_dtype(), torch.get_num_threads(), torch.get_float32_matmul_precision()
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision(matmul)  # src.train.main sets it; compiled graphs are keyed by it
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
