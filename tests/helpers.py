@@ -29,6 +29,7 @@ MODEL_OPTIONS = {
     "tie_embeddings": True,
     "bias": False,
     "attn_dropout": 0.0,
+    "init": "pytorch",
 }
 LECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"

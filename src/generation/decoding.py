@@ -166,7 +166,7 @@ def generate_tokens(
         )
     window = model.config.block_size
     seq = idx[:, -window:]
-    if cache == "none":
+    if cache == "none" or not model.has_cache:  # the lecture's staged models re-read the window (no KV cache)
         yield from _uncached(model, seq, max_new_tokens, (temperature, top_k, top_p), generator)
         return
     with Decoder(model, seq.size(0), temperature, top_k, top_p, compile, dtype) as decoder:

@@ -6,6 +6,7 @@ Shapes: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size (C
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from src.model.kv_cache import KVCache
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "relu2")
+INITS = ("gpt2", "pytorch")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class GPTConfig:
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before their dot products
     tie_embeddings: bool = False  # the output layer reuses the token embedding matrix
     attn_dropout: float | None = None  # dropout on the attention weights; None: the same as ``dropout``
+    init: str = "gpt2"  # or "pytorch": PyTorch's default init, the lecture's (configs/lecture/)
 
     def __post_init__(self) -> None:
         problems = [
@@ -54,7 +57,7 @@ class GPTConfig:
         for name in ("dropout", "attn_dropout"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS)):
+        for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS), ("init", INITS)):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.rope and not problems and self.head_size % 2:
@@ -73,6 +76,7 @@ class LanguageModel(nn.Module):
 
     config: GPTConfig
     vocab_axes: dict[str, tuple[int, ...]] = {}  # state-dict entries indexed by token id, and along which axes
+    has_cache = True  # decodes a token at a time from a cache (or needs none); False: re-reads the window each time
 
     @property
     def head(self) -> nn.Module:
@@ -128,3 +132,21 @@ class LanguageModel(nn.Module):
     def token_embeddings(self) -> torch.Tensor:
         """(V, d): the learned vector of each token."""
         raise NotImplementedError
+
+
+def gpt2_init(model: nn.Module, is_residual_projection) -> None:
+    """GPT-2's init (via nanoGPT): N(0, 0.02) weights, zero biases, and the projections that write into the
+    residual stream (``is_residual_projection(name)``) scaled down by sqrt(2 * n_layer), so the stream's variance
+    does not grow with depth. PyTorch's default (uniform, fan-in scaled) init is what made the lecture's deeper
+    models converge slowly (docs/lecture.md measures both)."""
+    model.apply(_gpt2_init_module)  # children first, as nanoGPT: the same seed gives the same weights
+    for name, p in model.named_parameters():
+        if is_residual_projection(name):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * model.config.n_layer))
+
+
+def _gpt2_init_module(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -9,13 +9,11 @@ what differs is speed (one fused q/k/v projection, and the kernels of ``src.mode
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from src.model.base import GPTConfig, LanguageModel
+from src.model.base import GPTConfig, LanguageModel, gpt2_init
 from src.model.dropout import BoolMaskDropout, causal_attention
 from src.model.kv_cache import KVCache
 
@@ -188,20 +186,8 @@ class GPT(LanguageModel):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        # GPT-2 init (via nanoGPT): N(0, 0.02) weights, zero biases, and residual projections scaled down by
-        # sqrt(2 * n_layer) so the residual stream's variance does not grow with depth. PyTorch's default
-        # (uniform, fan-in scaled) init is what made the lecture's deeper models converge slowly.
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        if config.init == "gpt2":
+            gpt2_init(self, lambda name: name.endswith("c_proj.weight"))
 
     @property
     def head(self) -> nn.Module:

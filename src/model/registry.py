@@ -10,8 +10,10 @@ from src.errors import UserError
 from src.model.base import GPTConfig, LanguageModel
 from src.model.bigram import BigramLanguageModel
 from src.model.gpt import GPT
+from src.model.lecture import STAGES
 
-MODELS = {"gpt": GPT, "bigram": BigramLanguageModel}  # model_type -> class: the registry every path builds from
+# model_type -> class: the registry every path builds from (the lecture's stages between its bigram and its GPT)
+MODELS = {"gpt": GPT, "bigram": BigramLanguageModel, **STAGES}
 
 
 def model_type_of(model: LanguageModel) -> str:
@@ -25,7 +27,7 @@ def model_type_of(model: LanguageModel) -> str:
 
 
 def build_model(model_type: str = "gpt", **values: Any) -> LanguageModel:
-    """The model that plain values describe: ``model_type`` ("gpt" or "bigram") and the ``GPTConfig`` fields among
+    """The model that plain values describe: ``model_type`` (a name in ``MODELS``) and the ``GPTConfig`` fields among
     ``values``; other keys are ignored, so a CharGPT's or a checkpoint's hyper-parameters can be passed whole."""
     if model_type not in MODELS:
         raise UserError(f"unknown model_type {model_type!r}: choose one of {sorted(MODELS)}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from src.data.tokenizer import Tokenizer
+from src.errors import UserError
 from src.generation.decoding import CACHE_MODES, Decoder
 from src.generation.sampling import draw, exponential_noise
 from src.generation.stop import StopAtText
@@ -92,6 +93,11 @@ class Engine:
     ) -> None:
         if cache not in ("exact", "window"):
             raise ValueError(f"the engine decodes with a cache: exact or window, got {cache!r} (of {CACHE_MODES})")
+        if not model.has_cache:
+            raise UserError(
+                f"{type(model).__name__} has no KV cache, which continuous batching needs: sample it with "
+                "python -m src.generate (the lecture's staged models are for learning, not serving)"
+            )
         self.model, self.tokenizer, self.sink = model.eval(), tokenizer, sink
         self.max_batch, self.max_queue, self.cache = max_batch, max_queue, cache
         self.window = model.config.block_size

@@ -30,7 +30,18 @@ class CharGPT(L.LightningModule):
         self,
         vocab: str | None = None,
         tokenizer: Literal["chars", "bytes"] = "chars",
-        model_type: Literal["gpt", "bigram"] = "gpt",
+        model_type: Literal[
+            "gpt",
+            "bigram",
+            "lecture_embed",
+            "lecture_head",
+            "lecture_heads",
+            "lecture_ffwd",
+            "lecture_blocks",
+            "lecture_residual",
+            "lecture_residual_4x",
+            "lecture_layernorm",
+        ] = "gpt",
         block_size: int = 256,
         n_layer: int = 6,
         n_head: int = 6,
@@ -43,6 +54,7 @@ class CharGPT(L.LightningModule):
         qk_norm: bool = False,
         tie_embeddings: bool = False,
         attn_dropout: float | None = None,
+        init: Literal["gpt2", "pytorch"] = "gpt2",
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
@@ -60,7 +72,9 @@ class CharGPT(L.LightningModule):
         Args:
             vocab: the characters of the vocabulary in id order; by default the data module's, once it is set up.
             tokenizer: "chars" or "bytes"; linked from --data.tokenizer by the CLI.
-            model_type: "gpt" (the lecture's transformer) or "bigram" (its baseline).
+            model_type: "gpt" (the lecture's transformer), "bigram" (its baseline), or one of the lecture's stages
+                between them, in its order: lecture_embed, lecture_head, lecture_heads, lecture_ffwd,
+                lecture_blocks, lecture_residual, lecture_residual_4x, lecture_layernorm (docs/lecture.md).
             block_size: context length; linked from --data.block_size by the CLI.
             n_layer: transformer blocks.
             n_head: attention heads per block.
@@ -73,6 +87,7 @@ class CharGPT(L.LightningModule):
             qk_norm: RMS-normalise each head's queries and keys (not the lecture's).
             tie_embeddings: the output layer shares the token embedding matrix (not the lecture's).
             attn_dropout: dropout on the attention weights alone; by default the same as dropout (the lecture's).
+            init: "gpt2" (GPT-2's, via nanoGPT) or "pytorch" (PyTorch's default, the lecture's).
             learning_rate: peak learning rate, reached after the warmup.
             min_lr: learning rate at the end of the decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.
