@@ -145,3 +145,13 @@ def test_a_step_that_fails_ends_every_completion_with_an_error_and_the_engine_go
         assert after.done.wait(30) and after.reasons == {2: "length"}
     finally:
         engine.close()
+
+
+def test_a_model_without_a_kv_cache_is_refused_by_name():
+    from src.data.tokenizer import CharTokenizer
+    from src.errors import UserError
+    from src.model import build_model
+
+    model = build_model("lecture_heads", vocab_size=11, block_size=8, n_embd=16, n_head=4, n_layer=1)
+    with pytest.raises(UserError, match="has no KV cache, which continuous batching needs: sample it with"):
+        Engine(model, CharTokenizer("abcdefghijk"), lambda events: None)
