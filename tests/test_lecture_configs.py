@@ -52,17 +52,15 @@ def test_each_stage_fits_resumes_exactly_tests_samples_and_exports(config, workd
 
 
 def test_the_ladder_prints_its_table_for_both_recipes(tmp_path, shakespeare):
-    stages = ["01_bigram", "04_four_heads"]
-    command = [sys.executable, "benchmarks/lecture_ladder.py", "--seeds", "1", "--stages", *stages]
+    command = [sys.executable, "benchmarks/lecture_ladder.py", "--seeds", "1", "--stages", "04_four_heads"]
     command += ["--root", str(tmp_path), "--", "--trainer.max_steps=10", "--trainer.val_check_interval=5"]
     done = subprocess.run([*command, "--data.val_batches=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 0")]
-    assert [row.split(" | ")[0] for row in rows] == ["| 01_bigram", "| 04_four_heads"]
-    assert "| 4,225 | 2.49 |" in rows[0] and "| 7,553 | 2.28 |" in rows[1]
+    assert [row.split(" | ")[0] for row in rows] == ["| 04_four_heads"] and "| 7,553 | 2.28 |" in rows[0]
     assert all(len(re.findall(r"\| \d\.\d{4} \| \d+ (?=\|)", row)) == 2 for row in rows)  # val and wall, per recipe
     runs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("lecture/*/*/*"))
-    assert "lecture/chargpt/04_four_heads/seed1" in runs and len(runs) == 4  # one TensorBoard folder for all
+    assert runs == ["lecture/chargpt/04_four_heads/seed1", "lecture/lecture/04_four_heads/seed1"]  # one folder
 
 
 def test_the_ladder_states_a_mean_and_half_the_range():

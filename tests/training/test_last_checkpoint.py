@@ -46,7 +46,7 @@ def test_last_checkpoint_follows_training_after_val_loss_stops_improving(workdir
     """The issue's scenario: a small corpus at a high constant rate overfits early; last.ckpt used to stay there."""
     corpus = workdir / "small.txt"
     corpus.write_text(shakespeare.read_text()[:3000])
-    sizes = {"data.block_size": 32, "data.batch_size": 16, "model.n_layer": 2, "model.n_head": 4, "model.n_embd": 128}
+    sizes = {"data.block_size": 32, "data.batch_size": 16, "model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64}
     rate = {"model.learning_rate": 1e-2, "model.min_lr": 1e-2, "model.warmup_steps": 100, "model.dropout": 0.0}
     schedule = {"trainer.val_check_interval": 50, "sample.every_n_steps": 0}
     main(["fit", *tiny_args(corpus, max_steps=330, **sizes, **rate, **schedule)])
