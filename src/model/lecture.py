@@ -13,6 +13,8 @@ Shapes: B batch, T time, C channels (n_embd), hs head size, V vocabulary size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -95,20 +97,17 @@ class Block(nn.Module):
         return x + self.ffwd(self.ln2(x))
 
 
+@dataclass(frozen=True)
 class Stage:
-    """What a stage of the lecture has: attention heads (0: none), feed-forward, blocks, residuals, LayerNorm."""
+    """What a stage of the lecture has: attention, a feed-forward layer, blocks, residuals (with the feed-forward
+    ``widen`` times as wide inside), LayerNorm."""
 
-    def __init__(
-        self,
-        heads: bool = False,
-        ffwd: bool = False,
-        blocks: bool = False,
-        residual: bool = False,
-        widen: int = 1,
-        layernorm: bool = False,
-    ):
-        self.heads, self.ffwd, self.blocks = heads, ffwd, blocks
-        self.residual, self.widen, self.layernorm = residual, widen, layernorm
+    heads: bool = False
+    ffwd: bool = False
+    blocks: bool = False
+    residual: bool = False
+    widen: int = 1
+    layernorm: bool = False
 
 
 class LectureModel(LanguageModel):
@@ -141,15 +140,18 @@ class LectureModel(LanguageModel):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"{T} positions do not fit in block_size {self.config.block_size}")
-        tok_emb = self.token_embedding_table(idx)  # (B, T, C)
-        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
-        x = tok_emb + pos_emb  # (B, T, C)
+        x = self._embed(idx)  # (B, T, C)
         if self.stage.blocks:
             x = self.blocks(x)
         elif self.stage.heads:
             x = self.sa_heads(x)
             x = x if self.ffwd is None else self.ffwd(x)
         return x if self.ln_f is None else self.ln_f(x)
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        tok_emb = self.token_embedding_table(idx)  # (B, T, C)
+        pos_emb = self.position_embedding_table(torch.arange(idx.size(1), device=idx.device))  # (T, C)
+        return tok_emb + pos_emb  # (B, T, C): the positions broadcast over the batch
 
     def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         if input_pos is not None:
@@ -162,8 +164,7 @@ class LectureModel(LanguageModel):
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Every attention layer's weights (B, nh, T, T) for ``idx`` (B, T); none before the stage has heads."""
-        T = idx.size(1)
-        x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(T, device=idx.device))
+        x = self._embed(idx)  # (B, T, C)
         layers = list(self.blocks) if self.stage.blocks else []
         if not layers:
             attention = getattr(self, "sa_heads", None)
