@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
+from src.errors import UserError
+
 HP_METRICS = ("best_val_loss", "final_val_loss", "tokens_per_sec")
 # what tells runs apart; where the corpus is cached, or how many workers load it, does not
 DATA_HPARAMS = ("path", "tokenizer", "block_size", "batch_size", "train_fraction", "seed", "val_batches")
@@ -91,20 +93,23 @@ def token_label(token: str, tokenizer: str) -> str:
 
 
 class AttentionMaps(L.Callback):
-    def __init__(self, enabled: bool = True, prompt_chars: int = 48) -> None:
+    def __init__(self, enabled: bool = True, prompt_chars: int = 48, every_n_steps: int | None = None) -> None:
         """At each validation, every head's attention weights over a fixed prompt from the validation text: one image
         per layer (``attention/layer_N``), the heads as a grid, the prompt's characters along both axes.
 
         Args:
             enabled: set false to skip the images (about half a second to a second per layer at each validation).
             prompt_chars: how many characters of the validation text the maps show (at most block_size).
+            every_n_steps: draw only at the validations whose step is a multiple of this (null: at every one).
         """
-        self.enabled, self.prompt_chars = enabled, prompt_chars
+        if every_n_steps is not None and every_n_steps < 1:
+            raise UserError(f"--attention_maps.every_n_steps must be 1 or more, or null: {every_n_steps}")
+        self.enabled, self.prompt_chars, self.every_n_steps = enabled, prompt_chars, every_n_steps
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
             return
-        if not tensorboards(trainer):
+        if not tensorboards(trainer) or (self.every_n_steps and trainer.global_step % self.every_n_steps):
             return
         model = pl_module.model
         if not hasattr(model, "attention_maps"):  # the bigram baseline has no attention

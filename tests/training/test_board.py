@@ -69,6 +69,15 @@ def test_a_run_shows_hparams_attention_embeddings_and_readable_curves(workdir, t
     assert "\\n" in metadata and "space" in metadata
 
 
+def test_attention_maps_every_n_steps_draws_only_at_those_validations(workdir, tiny_corpus, capsys):
+    main(["fit", *tiny_args(tiny_corpus, max_steps=30), "--attention_maps.every_n_steps=20"])
+    images = events(workdir / "lightning_logs" / "t").Images("attention/layer_0")
+    assert [image.step for image in images] == [20]  # validations at 10, 20 and 30
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_args(tiny_corpus, run_name="u"), "--attention_maps.every_n_steps=0"])
+    assert "--attention_maps.every_n_steps must be 1 or more, or null: 0" in capsys.readouterr().err
+
+
 def test_a_resumed_run_logs_each_step_once(workdir, tiny_corpus):
     main(["fit", *tiny_args(tiny_corpus, max_steps=20)])
     checkpoints = workdir / "lightning_logs/t/checkpoints"
