@@ -26,13 +26,14 @@ def test_every_model_field_is_an_option_with_the_same_default_and_a_help_line():
     docstring): a field added to one and not the other fails here, and so does one missing from the option list
     that the checkpoint, export, resume and decoding tests run through."""
     arguments = inspect.signature(CharGPT.__init__).parameters
+    doc = inspect.getdoc(CharGPT.__init__)  # dedented the same way on every Python (3.13 dedents when compiling)
     for field in fields(GPTConfig):
         if field.name == "vocab_size":  # the vocabulary's length, not an option
             continue
         assert field.name in arguments, f"GPTConfig.{field.name} is not an argument of CharGPT"
         default = field.default if field.default is not MISSING else field.default_factory()
         assert arguments[field.name].default == default, field.name
-        assert f"\n            {field.name}: " in CharGPT.__init__.__doc__, f"{field.name} has no help line"
+        assert f"\n    {field.name}: " in doc, f"{field.name} has no help line"
     beyond_the_lecture = {f.name for f in fields(GPTConfig)} - set(LECTURE_FIELDS)
     assert set(MODEL_OPTIONS) == beyond_the_lecture
     assert all(MODEL_OPTIONS[name] != getattr(GPTConfig(), name) for name in MODEL_OPTIONS)
