@@ -205,8 +205,8 @@ class LiveServer:
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
 
-    def post(self, body: bytes, headers: dict | None = None) -> tuple[int, dict, object]:
-        request = urllib.request.Request(self.url + "/v1/completions", data=body, headers=headers or {}, method="POST")
+    def post(self, body: bytes, headers: dict | None = None, path: str = "/v1/completions") -> tuple[int, dict, object]:
+        request = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, json.loads(response.read()), response.headers

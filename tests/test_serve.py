@@ -91,7 +91,7 @@ BAD = {
     "max_tokens above the cap": (b'{"max_tokens": 5001}', 400, "max_tokens", "--max_tokens_cap"),
     "negative temperature": (b'{"temperature": -0.5}', 400, "temperature", "temperature must be 0"),
     "top_p out of range": (b'{"top_p": 1.5}', 400, "top_p", "top_p must be in (0, 1]"),
-    "unsupported logprobs": (b'{"logprobs": 3}', 400, "logprobs", "not supported"),
+    "unsupported suffix": (b'{"suffix": "x"}', 400, "suffix", "not supported"),
     "a 10 MB body": (b'{"prompt": "' + b"a" * 10_000_000 + b'"}', 413, None, "over this server's limit"),
 }
 

@@ -58,10 +58,11 @@ def next_token(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
-) -> torch.Tensor:
-    """The token (B, 1) after position ``index`` of ``idx`` (B, T) at ``input_pos`` (T,): the step that is
-    compiled."""
-    return draw(model.next_logits(idx, input_pos, index), noise, temperature, top_k, top_p)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token (B, 1) after position ``index`` of ``idx`` (B, T) at ``input_pos`` (T,), and the logits (B, V) it
+    was drawn from: the step that is compiled."""
+    logits = model.next_logits(idx, input_pos, index)
+    return draw(logits, noise, temperature, top_k, top_p), logits
 
 
 @functools.cache
@@ -74,7 +75,8 @@ def compiled_next_token() -> Any:
 
 class Decoder:
     """Draws the next token of B samples from ``model`` (in ``dtype``, a copy when that differs) with a static
-    cache: ``prefill`` for up to ``block_size`` tokens from position 0, ``step`` for one more token each."""
+    cache: ``prefill`` for up to ``block_size`` tokens from position 0, ``step`` for one more token each. After
+    either, ``logits`` (B, V) are the ones the token was drawn from (the server's logprobs)."""
 
     def __init__(
         self,
@@ -135,7 +137,8 @@ class Decoder:
         noise = None if self.options[0] == 0 else self.no_noise  # greedy takes none
         if noise is not None and draws:
             noise = exponential_noise(self.batch_size, self.vocab_size, generator, self.device)
-        return self.forward(self.model, idx, input_pos, index, noise, *self.options)
+        token, self.logits = self.forward(self.model, idx, input_pos, index, noise, *self.options)
+        return token
 
 
 @torch.inference_mode()

@@ -10,6 +10,11 @@ Rows are kept packed (a leaving row's slot takes the last row's cache), so a ste
 served need, not ``max_batch``. A row that prefilled in this round still rides in the batched step as padding: what it
 writes there sits at its next position, which its next step overwrites before reading.
 
+A completion that asks for ``logprobs`` gets a ``Score`` per token: the model's own log-softmax at the token (before
+temperature and the top-k/top-p filters, which change only what is drawn) and its ``logprobs`` most likely
+alternatives. With ``score_prompt``, its prompt's tokens are scored too, in one forward pass over the prompts of every
+completion that joins in that round; ``max_tokens`` 0 then scores without generating.
+
 The engine runs in a thread of its own, so the model never blocks the server's event loop; ``submit`` and
 ``cancel`` may be called from any thread, and ``sink`` receives each round's text from the engine's thread.
 """
@@ -20,8 +25,10 @@ import collections
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+from torch.nn import functional as F
 
 from src.data.tokenizer import Tokenizer
 from src.errors import UserError
@@ -47,6 +54,8 @@ class Completion:
     seed: int
     sampling: Sampling = Sampling()
     stops: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # alternatives to score per token (0 to 5); None: no scores
+    score_prompt: bool = False  # score the prompt's tokens too (the prompt must fit the window)
     tag: object = None  # the caller's (the server keeps its request and choice index here)
     produced: int = 0
     finish_reason: str | None = None
@@ -76,7 +85,37 @@ class Pieces:
         return text
 
 
-Event = tuple[Completion, str, str | None]  # (completion, new text, finish reason once it is done)
+Alternatives = list[tuple[int, float]]  # (token, log-probability), the most likely first
+
+
+class Score(NamedTuple):
+    """One token's log-probability under the model and its most likely alternatives (both None for the prompt's
+    first token, which nothing predicts); ``text`` is the text the token completes ('' for the first bytes of a
+    multi-byte character)."""
+
+    token: int
+    logprob: float | None
+    top: Alternatives | None
+    text: str
+
+
+# (completion, new text, finish reason once it is done, the scores of its new tokens: [] without logprobs)
+Event = tuple[Completion, str, str | None, list[Score]]
+
+
+def score_rows(logprobs: torch.Tensor, tokens: list[int], alternatives: int) -> list[tuple[float, Alternatives]]:
+    """(log-probability of ``tokens[i]``, the ``alternatives`` most likely tokens with theirs, and the token itself
+    when it is not among them, as vLLM does) for each row i of ``logprobs`` (N, V)."""
+    index = torch.tensor(tokens, dtype=torch.long, device=logprobs.device).view(-1, 1)  # (N, 1)
+    chosen = logprobs.gather(1, index)[:, 0].tolist()
+    values, ids = logprobs.topk(alternatives, dim=-1) if alternatives else (logprobs[:, :0], logprobs[:, :0].long())
+    out = []
+    for token, logprob, top_values, top_ids in zip(tokens, chosen, values.tolist(), ids.tolist()):
+        top = list(zip(top_ids, top_values))
+        if token not in top_ids:
+            top.append((token, logprob))
+        out.append((logprob, top))
+    return out
 
 
 class Engine:
@@ -163,17 +202,23 @@ class Engine:
     def _round(self) -> None:
         events: list[Event] = []
         try:
+            self._score_prompts([c for c in self.active if c.score_prompt and c.produced == 0 and c.cached == 0])
             stepping = []
             for completion in self.active:
-                if completion.cached in (0, self.window):  # joining, or its window is full
-                    self._take(completion, self._prefill(completion), events)
+                if completion.max_tokens == 0:  # scoring only: the prompt's scores are all it gets
+                    completion.finish_reason = "length"
+                    events.append((completion, "", "length", self.state[completion].scores))
+                elif completion.cached in (0, self.window):  # joining, or its window is full
+                    token = self._prefill(completion)
+                    self._take(completion, token, self.state[completion].decoder.logits[0], events)
                 else:
                     stepping.append(completion)
             if stepping:
-                for completion, token in zip(stepping, self._step(stepping)):
-                    self._take(completion, token, events)
+                for completion, (token, logits) in zip(stepping, self._step(stepping)):
+                    self._take(completion, token, logits, events)
         except Exception as err:  # a failing step must not leave the other requests hanging
-            events += [(c, f"{type(err).__name__}: {err}", "error") for c in self.active if c.finish_reason is None]
+            failed = f"{type(err).__name__}: {err}"
+            events += [(c, failed, "error", []) for c in self.active if c.finish_reason is None]
             for completion in self.active:
                 completion.finish_reason = completion.finish_reason or "error"
         with self.changed:
@@ -219,8 +264,28 @@ class Engine:
         completion.cached = len(ids)
         return token.item()
 
-    def _step(self, stepping: list[Completion]) -> list[int]:
-        """One token for each of ``stepping``; every active row rides along (see the module docstring)."""
+    def _score_prompts(self, completions: list[Completion]) -> None:
+        """The scores of these completions' prompts, from one forward pass over all of them (padded on the right,
+        which causal attention never lets an earlier position see)."""
+        if not completions:
+            return
+        longest = max(len(c.ids) for c in completions)
+        batch = torch.zeros(len(completions), longest, dtype=torch.long, device=self.device)
+        for row, completion in enumerate(completions):
+            batch[row, : len(completion.ids)] = torch.tensor(completion.ids, device=self.device)
+        logits, _ = self.model(batch)  # (B, T, V)
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        for row, completion in enumerate(completions):
+            ids, decode = completion.ids, self.tokenizer.stream_decoder()
+            texts = [decode([token]) for token in ids]
+            texts[-1] += decode([], final=True)
+            scored = score_rows(logprobs[row, : len(ids) - 1], ids[1:], completion.logprobs or 0)
+            first = Score(ids[0], None, None, texts[0])
+            self.state[completion].scores = [first] + [Score(t, *sc, x) for t, sc, x in zip(ids[1:], scored, texts[1:])]
+
+    def _step(self, stepping: list[Completion]) -> list[tuple[int, torch.Tensor]]:
+        """One token for each of ``stepping``, with the logits it was drawn from; every active row rides along (see
+        the module docstring)."""
         n = len(self.active)
         tokens = torch.tensor([[c.ids[-1]] for c in self.active], device=self.device)
         positions = torch.tensor([[min(c.cached, self.window - 1)] for c in self.active], device=self.device)
@@ -240,20 +305,27 @@ class Engine:
             drawn.update(zip((c.slot for c in members), picked[:, 0].tolist()))
         for completion in stepping:
             completion.cached += 1
-        return [drawn[c.slot] for c in stepping]
+        return [(drawn[c.slot], logits[c.slot]) for c in stepping]
 
-    def _take(self, completion: Completion, token: int, events: list[Event]) -> None:
+    def _take(self, completion: Completion, token: int, logits: torch.Tensor, events: list[Event]) -> None:
         completion.ids = completion.ids[-self.window :] + [token]
         completion.produced += 1
         state = self.state[completion]
-        stopped = state.text.write(state.decode([token]))
+        text = state.decode([token])
+        stopped = state.text.write(text)
         if not stopped and completion.produced >= completion.max_tokens:
-            state.text.write(state.decode([], final=True))
+            tail = state.decode([], final=True)
+            text += tail
+            state.text.write(tail)
             state.text.close()
             completion.finish_reason = "length"
         elif stopped:
             completion.finish_reason = "stop"
-        events.append((completion, state.pieces.take(), completion.finish_reason))
+        new_scores, state.scores = state.scores, []  # the prompt's, in the first event
+        if completion.logprobs is not None:
+            logprobs = F.log_softmax(logits.float().view(1, -1), dim=-1)
+            new_scores.append(Score(token, *score_rows(logprobs, [token], completion.logprobs)[0], text))
+        events.append((completion, state.pieces.take(), completion.finish_reason, new_scores))
 
 
 class _State:
@@ -264,3 +336,4 @@ class _State:
         self.decoder, self.generators, self.decode = decoder, generators, decode
         self.pieces = Pieces()
         self.text = StopAtText(self.pieces, stops)
+        self.scores: list[Score] = []  # the prompt's, until the first event takes them

@@ -10,9 +10,10 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from src.errors import UserError
 from src.serving import completions as api
 from src.serving.completions import RequestError
 from src.serving.service import MAX_BODY, PLAYGROUND, Job, Server
@@ -74,24 +75,45 @@ def create_app(server: Server) -> FastAPI:
             "vocab_size": config.vocab_size,
             "max_tokens": server.args.max_tokens_cap,
         }
-        entry = {"id": server.name, "object": "model", "created": 0, "owned_by": "chargpt", "chargpt": about}
+        entry = {"id": server.name, "object": "model", "created": 0, "owned_by": "chargpt",
+                 "max_model_len": config.block_size, "chargpt": about}  # fmt: skip
         return {"object": "list", "data": [entry]}
+
+    # the tokenizer, at the server's root in vLLM's shapes, where lm-evaluation-harness's local-completions finds it
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        authorize(request)
+        options = parse(api.TokenizeRequest, await request.body())
+        try:
+            tokens = server.tokenizer.encode(options.prompt)
+        except UserError as err:
+            raise RequestError(400, f"prompt has {err}", "prompt") from None
+        strings = [api.token_string(server.tokenizer, t) for t in tokens] if options.return_token_strs else None
+        return {"count": len(tokens), "max_model_len": server.model.config.block_size, "tokens": tokens,
+                "token_strs": strings}  # fmt: skip
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        authorize(request)
+        options = parse(api.DetokenizeRequest, await request.body())
+        try:
+            return {"prompt": server.tokenizer.decode(options.tokens)}
+        except UserError as err:
+            raise RequestError(400, f"tokens has {err}", "tokens") from None
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request) -> dict:
+        authorize(request)
+        return api.tokenizer_info(server.tokenizer, server.model.config.block_size)
 
     @app.post("/v1/completions")
     async def complete(request: Request) -> Response:
         authorize(request)
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"the body is not valid JSON: {err}") from None
-        try:
-            options = api.CompletionRequest.model_validate(body)
-        except ValidationError as err:
-            raise api.validation_error(err.errors()) from None
+        options = parse(api.CompletionRequest, await request.body())
         job = server.submit(options, server.args.max_tokens_cap)
         if options.echo:
-            for j in range(len(job.completions)):
-                job.queue.put_nowait((j, api.prompts(options)[j // options.n], None))
+            for j, echo in enumerate(job.echoes):
+                job.queue.put_nowait((j, echo, None, []))
         cid = api.completion_id()
         server.requests.labels("200").inc()
         if options.stream:
@@ -103,12 +125,25 @@ def create_app(server: Server) -> FastAPI:
     return app
 
 
+def parse(kind: type[BaseModel], body: bytes):
+    """A request body as ``kind``, or a 400 naming what is wrong with it."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"the body is not valid JSON: {err}") from None
+    try:
+        return kind.model_validate(data)
+    except ValidationError as err:
+        raise api.validation_error(err.errors(), tuple(kind.model_fields)) from None
+
+
 async def stream(server: Server, job: Job, cid: str, include_usage: bool):
     """Server-sent events: one chunk per choice for what arrived since the last one, at most one write per
     ``--stream_interval`` (fewer, larger writes cost clients and server less CPU: docs/serving.md), then
     ``[DONE]``. However it ends (a client gone included), the completions still decoding are cancelled: their slots
     free at the next step."""
     interval, sent = server.args.stream_interval, 0.0
+    logprobs = [api.Logprobs(server.tokenizer) if c.logprobs is not None else None for c in job.completions]
     try:
         while job.open:
             items = [await job.queue.get()]
@@ -119,18 +154,21 @@ async def stream(server: Server, job: Job, cid: str, include_usage: bool):
             while not job.queue.empty():
                 items.append(job.queue.get_nowait())
             merged: dict[int, list] = {}
-            for index, text, finish_reason in items:
-                entry = merged.setdefault(index, ["", None])
+            for index, text, finish_reason, scores in items:
+                entry = merged.setdefault(index, ["", None, []])
                 entry[0] += text
                 entry[1] = finish_reason
+                if logprobs[index] is not None:
+                    entry[2].append(logprobs[index].add(text, scores, finish_reason is not None))
             out = []
-            for index, (text, finish_reason) in merged.items():
+            for index, (text, finish_reason, scored) in merged.items():
                 if finish_reason is not None:
                     job.open -= 1
                 if finish_reason == "error":
                     out.append(api.error(f"decoding failed: {text}", "server_error"))
                     continue
-                out.append(api.body(cid, server.name, [api.choice(index, text, finish_reason)]))
+                shown = api.Logprobs.join(scored) if scored else None
+                out.append(api.body(cid, server.name, [api.choice(index, text, finish_reason, shown)]))
             yield b"".join(map(sse, out))
         if include_usage:
             tokens = sum(c.produced for c in job.completions)
@@ -143,11 +181,15 @@ async def stream(server: Server, job: Job, cid: str, include_usage: bool):
 async def whole(server: Server, job: Job, cid: str, request: Request) -> Response:
     """The finished completions in one response; a client that leaves first cancels them."""
     texts, reasons = [""] * len(job.completions), [None] * len(job.completions)
+    logprobs = [api.Logprobs(server.tokenizer) if c.logprobs is not None else None for c in job.completions]
+    scored: list[list[dict]] = [[] for _ in job.completions]
 
     async def collect() -> None:
         while job.open:
-            index, text, finish_reason = await job.queue.get()
+            index, text, finish_reason, scores = await job.queue.get()
             texts[index] += text
+            if logprobs[index] is not None:
+                scored[index].append(logprobs[index].add(text, scores, finish_reason is not None))
             if finish_reason is not None:
                 reasons[index] = finish_reason
                 job.open -= 1
@@ -164,7 +206,10 @@ async def whole(server: Server, job: Job, cid: str, request: Request) -> Respons
         return Response(status_code=499)
     if "error" in reasons:
         raise RequestError(500, f"decoding failed: {texts[reasons.index('error')]}", None, "server_error")
-    choices = [api.choice(i, text, reason) for i, (text, reason) in enumerate(zip(texts, reasons))]
+    choices = [
+        api.choice(i, text, reason, api.Logprobs.join(scored[i]) if scored[i] else None)
+        for i, (text, reason) in enumerate(zip(texts, reasons))
+    ]
     tokens = sum(c.produced for c in job.completions)
     return JSONResponse(api.body(cid, server.name, choices, api.usage(job.prompt_tokens, tokens)))
 

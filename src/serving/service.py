@@ -13,11 +13,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-from src.data.tokenizer import prompt_ids
+from src.data.tokenizer import check_ids, prompt_ids
 from src.errors import UserError
 from src.serving import completions as api
 from src.serving.completions import RequestError
-from src.serving.engine import Completion, Engine, Event, QueueFull, Sampling
+from src.serving.engine import Completion, Engine, Event, QueueFull, Sampling, Score
 
 MAX_BODY = 1 << 20  # bytes: a prompt longer than the context window is cropped anyway
 API_KEY_ENV = "CHARGPT_API_KEY"
@@ -35,9 +35,9 @@ def model_name(ckpt_path: str) -> str:
 class Job:
     """One request's completions, and the text the engine sends them, waiting for the HTTP side."""
 
-    def __init__(self, completions: list[Completion], prompt_tokens: int) -> None:
-        self.completions, self.prompt_tokens = completions, prompt_tokens
-        self.queue: asyncio.Queue[tuple[int, str, str | None]] = asyncio.Queue()
+    def __init__(self, completions: list[Completion], prompt_tokens: int, echoes: list[str]) -> None:
+        self.completions, self.prompt_tokens, self.echoes = completions, prompt_tokens, echoes
+        self.queue: asyncio.Queue[tuple[int, str, str | None, list[Score]]] = asyncio.Queue()
         self.submitted, self.first_token = time.perf_counter(), None
         self.open = len(completions)
 
@@ -82,12 +82,12 @@ class Server:
         now = time.perf_counter()
         self.recent.append((now, len(events)))
         self.tokens.inc(len(events))
-        for completion, text, finish_reason in events:
+        for completion, text, finish_reason, scores in events:
             job, index = completion.tag
             if job.first_token is None:
                 job.first_token = now
                 self.ttft.observe(now - job.submitted)
-            job.queue.put_nowait((index, text, finish_reason))
+            job.queue.put_nowait((index, text, finish_reason, scores))
 
     def tokens_per_second(self) -> float:
         now = time.perf_counter()
@@ -98,21 +98,37 @@ class Server:
     def submit(self, request, max_tokens_cap: int) -> Job:
         """Check ``request`` (a ``CompletionRequest``) and queue its completions."""
         api.check(request, max_tokens_cap)
-        texts, ids = api.prompts(request), []
-        for i, text in enumerate(texts):
-            try:
-                ids.append(prompt_ids(self.tokenizer, text))
-            except UserError as err:
-                where = "prompt" if isinstance(request.prompt, str) else f"prompt[{i}]"
-                raise RequestError(400, f"{where} has {err}", where) from None
-        sampling = Sampling(float(request.temperature), request.top_k, request.top_p)
-        count = len(texts) * request.n
+        prompts, ids, echoes = api.prompts(request), [], []
+        scoring = request.echo and request.logprobs is not None
         window = self.model.config.block_size  # a longer prompt is cropped to its last window, as generate does
+        several = isinstance(request.prompt, list) and not isinstance(prompts[0], list) or len(prompts) > 1
+        for i, prompt in enumerate(prompts):
+            where = f"prompt[{i}]" if several else "prompt"
+            ids.append(self.prompt_ids(prompt, where, scoring))
+            echoes.append(prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt))
+            if scoring and len(ids[-1]) > window:
+                raise RequestError(
+                    400,
+                    f"{where} has {len(ids[-1])} tokens: scoring a prompt (echo with logprobs) takes at most the "
+                    f"model's context of {window} tokens; split longer texts into windows (lm-eval: "
+                    f"max_length={window + 1})",
+                    where,
+                )
+        sampling = Sampling(float(request.temperature), request.top_k, request.top_p)
+        count = len(prompts) * request.n
         completions = [
-            Completion(ids[j // request.n][-window:], request.max_tokens, seed, sampling, api.stops(request))
+            Completion(
+                ids[j // request.n][-window:],
+                request.max_tokens,
+                seed,
+                sampling,
+                api.stops(request),
+                logprobs=request.logprobs,
+                score_prompt=scoring,
+            )  # fmt: skip
             for j, seed in enumerate(api.seeds(request, count))
         ]
-        job = Job(completions, sum(map(len, ids)) * request.n)
+        job = Job(completions, sum(map(len, ids)) * request.n, [echoes[j // request.n] for j in range(count)])
         for j, completion in enumerate(completions):
             completion.tag = (job, j)
         if count > self.engine.max_batch + self.engine.max_queue:
@@ -122,6 +138,20 @@ class Server:
         except QueueFull:
             raise RequestError(503, "the server is busy: try again shortly", None, "server_error") from None
         return job
+
+    def prompt_ids(self, prompt: str | list[int], where: str, scoring: bool) -> list[int]:
+        """A prompt's token ids: a text encoded (an empty text, when generating, starts from a newline, as
+        ``src.generate`` does), or ids checked against the vocabulary."""
+        if isinstance(prompt, list) and not prompt:
+            raise RequestError(400, f"{where} is an empty list of token ids: give one token at least", where)
+        if scoring and prompt == "":
+            raise RequestError(400, f"{where} is empty: an empty prompt has nothing to score", where)
+        try:
+            if isinstance(prompt, list):
+                return check_ids(prompt, self.tokenizer.vocab_size)
+            return prompt_ids(self.tokenizer, prompt)
+        except UserError as err:
+            raise RequestError(400, f"{where} has {err}", where) from None
 
     def cancel(self, job: Job) -> None:
         for completion in job.completions:

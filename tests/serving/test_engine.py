@@ -33,10 +33,12 @@ class Collect:
 
     def __init__(self, expected: int) -> None:
         self.texts, self.reasons, self.left, self.done = {}, {}, expected, threading.Event()
+        self.scores: dict = {}
 
     def __call__(self, events) -> None:
-        for completion, text, finish_reason in events:
+        for completion, text, finish_reason, scores in events:
             self.texts[completion.tag] = self.texts.get(completion.tag, "") + text
+            self.scores.setdefault(completion.tag, []).extend(scores)
             if finish_reason is not None:
                 self.reasons[completion.tag] = finish_reason
                 self.left -= 1
@@ -72,7 +74,7 @@ def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged():
     seen = threading.Event()
 
     def sink(events):
-        for completion, text, _ in events:
+        for completion, text, *_ in events:
             texts[completion.tag] = texts.get(completion.tag, "") + text
             if completion.tag == "leaves" and completion.produced >= 10:
                 seen.set()
@@ -155,3 +157,60 @@ def test_a_model_without_a_kv_cache_is_refused_by_name():
     model = build_model("lecture_heads", vocab_size=11, block_size=8, n_embd=16, n_head=4, n_layer=1)
     with pytest.raises(UserError, match="has no KV cache, which continuous batching needs: sample it with"):
         Engine(model, CharTokenizer("abcdefghijk"), lambda events: None)
+
+
+def run(model, completions: list[Completion], **options) -> Collect:
+    sink = Collect(len(completions))
+    engine = start(model, sink, **options)
+    try:
+        engine.submit(completions)
+        assert sink.done.wait(30)
+    finally:
+        engine.close()
+    return sink
+
+
+def forward_logprobs(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids]))[0][0].float(), dim=-1)  # (T, V)
+
+
+def assert_scores(scores, ids: list[int], logprobs: torch.Tensor, alternatives: int, first: int) -> None:
+    """``scores[i]`` scores ``ids[first + i]``: the log-softmax at the position before it, the most likely tokens and
+    the token itself among the alternatives; the first token of all has nothing before it (None)."""
+    assert [s.token for s in scores] == ids[first : first + len(scores)]
+    for i, score in enumerate(scores):
+        if first + i == 0:
+            assert score.logprob is None and score.top is None
+            continue
+        row = logprobs[first + i - 1]
+        torch.testing.assert_close(score.logprob, row[ids[first + i]].item(), rtol=0, atol=1e-5)
+        assert [t for t, _ in score.top][:alternatives] == row.topk(alternatives).indices.tolist()
+        assert ids[first + i] in [t for t, _ in score.top]
+
+
+def test_logprobs_of_generated_tokens_are_the_models_log_softmax_whatever_the_temperature():
+    model = tiny_gpt()
+    prompt = [1, 2, 3]
+    sink = run(model, [Completion(list(prompt), 12, 7, Sampling(0.7, top_k=4), logprobs=3, tag=0)])
+    generated = TOKENIZER.encode(sink.texts[0])
+    assert len(generated) == 12 and len(sink.scores[0]) == 12  # prompt + 12 tokens fit the 16-token window
+    ids = prompt + generated
+    assert_scores(sink.scores[0], ids, forward_logprobs(model, ids), 3, first=len(prompt))
+    assert "".join(s.text for s in sink.scores[0]) == sink.texts[0]
+
+
+def test_a_prompt_is_scored_in_one_pass_and_max_tokens_0_generates_nothing():
+    model = tiny_gpt()
+    prompts = [[4, 5, 6, 7, 8], [1, 9, 2]]
+    sink = run(model, [Completion(list(p), 0, 1, logprobs=2, score_prompt=True, tag=i) for i, p in enumerate(prompts)])
+    for i, prompt in enumerate(prompts):
+        scores = sink.scores[i]
+        assert sink.texts[i] == "" and sink.reasons[i] == "length"
+        assert scores[0].logprob is None and scores[0].top is None and len(scores) == len(prompt)
+        assert_scores(scores, prompt, forward_logprobs(model, prompt), 2, first=0)
+
+
+def test_a_completion_without_logprobs_gets_no_scores():
+    sink = run(tiny_gpt(), [Completion([1, 2], 5, 1, tag=0)])
+    assert sink.scores[0] == [] and len(sink.texts[0]) == 5
