@@ -83,10 +83,12 @@ async def metrics(port: int) -> dict[str, float]:
     return values
 
 
-async def one_request(port: int, tokens: int, leave_after: int | None, record: dict) -> None:
+async def one_request(port: int, tokens: int, leave_after: int | None, record: dict, logprobs: int | None) -> None:
     """One streamed completion; ``leave_after`` characters: disconnect then."""
     started = time.perf_counter()
     body = {"prompt": "\n", "max_tokens": tokens, "temperature": 0.8, "stream": True}
+    if logprobs is not None:
+        body["logprobs"] = logprobs
     body["stream_options"] = {"include_usage": True}
     try:
         status, reader, writer = await http(port, "POST", "/v1/completions", body)
@@ -131,7 +133,9 @@ async def one_request(port: int, tokens: int, leave_after: int | None, record: d
         writer.close()
 
 
-async def load(port: int, clients: int, requests: int, tokens: int, seconds: float, leave: float = 0.0) -> dict:
+async def load(
+    port: int, clients: int, requests: int, tokens: int, seconds: float, leave: float = 0.0, logprobs: int | None = None
+) -> dict:
     record = {"errors": 0, "left": 0, "ttft": [], "stream_rate": [], "tokens": 0}
     deadline = time.perf_counter() + seconds
     rng = random.Random(0)
@@ -141,7 +145,7 @@ async def load(port: int, clients: int, requests: int, tokens: int, seconds: flo
             if time.perf_counter() > deadline:
                 return
             leave_after = rng.randrange(1, tokens) if rng.random() < leave else None
-            await one_request(port, tokens, leave_after, record)
+            await one_request(port, tokens, leave_after, record, logprobs)
 
     before, cpu = (await metrics(port)).get("process_cpu_seconds_total", float("nan")), time.process_time()
     started = time.perf_counter()
@@ -169,14 +173,58 @@ def report(label: str, clients: int, r: dict) -> float:
     return rate
 
 
-def sweep(args, label: str, flags: list[str]) -> dict[int, float]:
+def sweep(args, label: str, flags: list[str], logprobs: int | None = None) -> dict[int, float]:
     server = Server(args.ckpt_path, *flags)
     try:
         asyncio.run(load(server.port, 1, 2, 50, 30))  # warm-up
-        return {c: report(label, c, asyncio.run(load(server.port, c, args.requests, args.tokens, args.seconds)))
-                for c in args.clients}  # fmt: skip
+        rates = {}
+        for c in args.clients:
+            rates[c] = report(label, c, asyncio.run(load(server.port, c, args.requests, args.tokens, args.seconds,
+                                                         logprobs=logprobs)))  # fmt: skip
+        return rates
     finally:
         server.close()
+
+
+def engine_alone(args) -> dict[int, float]:
+    """The server's engine in this process, no HTTP: the same completions (a newline, ``--tokens`` characters,
+    temperature 0.8), ``clients`` at once, on the server's default thread count: tokens/s for each load."""
+    import threading
+
+    import torch
+
+    from src.checkpoints.load import load_model
+    from src.serving.engine import Completion, Engine, Sampling
+
+    torch.set_num_threads(max(1, torch.get_num_threads() - 1))  # src.serve's default --threads
+    model, tokenizer = load_model(args.ckpt_path, torch.device("cpu"))
+    rates = {}
+    for clients in args.clients:
+        done, left = threading.Event(), [clients * args.requests]
+
+        def sink(events, done=done, left=left) -> None:
+            left[0] -= sum(1 for e in events if e[2] is not None)
+            if left[0] <= 0:
+                done.set()
+
+        engine = Engine(model, tokenizer, sink, max_batch=16).start()
+        try:
+            engine.submit([Completion(tokenizer.encode("\n"), 50, 0, Sampling(0.8))])  # warm-up
+            while engine.counts() != (0, 0):
+                time.sleep(0.01)
+            left[0] = clients * args.requests
+            started = time.perf_counter()
+            for r in range(args.requests):  # a client's requests follow one another: rounds of `clients` at once
+                batch = [Completion(tokenizer.encode("\n"), args.tokens, r * clients + i, Sampling(0.8))
+                         for i in range(clients)]  # fmt: skip
+                engine.submit(batch)
+                while any(c.finish_reason is None for c in batch):
+                    time.sleep(0.001)
+            done.wait(600)
+            rates[clients] = clients * args.requests * args.tokens / (time.perf_counter() - started)
+        finally:
+            engine.close()
+    return rates
 
 
 def soak(args) -> None:
@@ -226,6 +274,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="stop sending new requests after this")
     parser.add_argument("--soak", type=float, default=0, help="then 16 clients for this many seconds (0: skip)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the run with batching off")
+    parser.add_argument("--logprobs", type=int, default=None, help="also a run whose requests ask for these logprobs")
     args = parser.parse_args()
     if not Path(args.ckpt_path).exists():
         raise SystemExit(f"no checkpoint at {args.ckpt_path}: train one (README, Quick start) or pass --ckpt_path")
@@ -233,6 +282,17 @@ def main() -> None:
     print(f"{'server':<10} {'clients':>7} {'tokens/s':>12} {'per client':>12} {'ttft p50':>9} {'ttft p95':>9} "
           f"{'errors':>6} {'requests':>8} {'server cpu':>10} {'client cpu':>10}")  # fmt: skip
     batched = sweep(args, "batched", [])
+    if args.logprobs is not None:
+        with_logprobs = sweep(args, f"logprobs {args.logprobs}", [], args.logprobs)
+        for c in batched:
+            print(f"{c:>2} clients: logprobs {args.logprobs} cost {1 - with_logprobs[c] / batched[c]:.1%} of tokens/s")
+    ceiling = engine_alone(args)
+    for c in batched:
+        rows, clients = ceiling[c] / ceiling[min(ceiling)], batched[c] / batched[min(batched)]
+        print(
+            f"{c:>2} clients: engine alone (no HTTP) {ceiling[c]:,.0f} tokens/s ({rows:.1f}x one row), the server "
+            f"{batched[c]:,.0f} ({clients:.1f}x one client), {batched[c] / ceiling[c]:.0%} of the engine's"
+        )
     if not args.no_baseline:
         single = sweep(args, "one-by-one", ["--max_batch", "1", "--max_queue", "64"])
         alone = batched[min(batched)]

@@ -101,8 +101,12 @@ def test_gpu_check_runs_to_the_end_as_a_cpu_smoke_run(shakespeare):
 
 
 def test_bench_serve_drives_the_server_and_prints_its_table(ckpt):
-    out = run("bench_serve.py", "--ckpt_path", str(ckpt), "--clients", "1", "2", "--requests", "1", "--tokens", "20")
+    out = run("bench_serve.py", "--ckpt_path", str(ckpt), "--clients", "1", "2", "--requests", "1", "--tokens", "20",
+              "--logprobs", "5")  # fmt: skip
     assert re.search(r"batched +2 +[\d,]+ +[\d,]+ +\d+ +\d+ +0 +2 ", out)  # two requests, no errors
+    assert re.search(r"logprobs 5 +2 +[\d,]+ +[\d,]+ +\d+ +\d+ +0 +2 ", out)
+    assert re.search(r" 2 clients: logprobs 5 cost -?\d+\.\d% of tokens/s", out)
+    assert re.search(r" 2 clients: engine alone \(no HTTP\) [\d,]+ tokens/s \(\d+\.\dx one row\), the server", out)
     assert re.search(r"one-by-one +2 ", out)
     assert re.search(r" 2 clients: batched \d+\.\dx one client alone, \d+\.\dx the server with batching off", out)
 
