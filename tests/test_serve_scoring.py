@@ -150,3 +150,12 @@ def test_bad_scoring_requests_get_their_4xx_and_the_server_goes_on(server, case)
 def test_the_openai_client_raises_for_a_prompt_too_long_to_score(server):
     with pytest.raises(openai.BadRequestError, match="max_length=17"):
         server.client().completions.create(model="g", prompt="All:" * 5, max_tokens=0, echo=True, logprobs=1)
+
+
+def test_n_choices_each_carry_their_own_logprobs(server):
+    reply = server.client().completions.create(model="g", prompt="All:", max_tokens=12, n=3, seed=6, logprobs=5)
+    choices = sorted(reply.choices, key=lambda c: c.index)
+    assert len(choices) == 3 and len({c.text for c in choices}) > 1
+    for choice in choices:
+        assert "".join(choice.logprobs.tokens) == choice.text
+        assert all(1 <= len(top) <= 6 for top in choice.logprobs.top_logprobs)  # 5, and the drawn one if not among
