@@ -68,7 +68,7 @@ print(json.dumps({"same": torch.equal(out, eager), "hits": counters["inductor"][
 @pytest.mark.slow
 def test_compiled_equals_eager_and_a_second_process_compiles_from_the_cache():
     """A 3-token prompt fills the cache through the padded window, a 1-token prompt through the one-token step; a
-    second process finds both graphs in Inductor's on-disk cache instead of generating their code again. Both use
+    second process finds both graphs in Inductor's on-disk cache instead of generating their code again. All use
     Inductor's default cache folder: a process caches the folder it first saw, so a folder set here could be ignored."""
     torch.manual_seed(0)
     model = tiny_gpt()
@@ -77,10 +77,15 @@ def test_compiled_equals_eager_and_a_second_process_compiles_from_the_cache():
         runs = [generate(model, prompt, 40, generator=seeded(1), compile=c, **options) for c in (False, True)]
         assert torch.equal(*runs)
         assert torch.equal(runs[1], generate(model, prompt, 40, generator=seeded(1), cache="none", **options))
-    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    child = json.loads(done.stdout.strip().splitlines()[-1])
-    assert child["same"] and child["hits"] >= 2  # the step and the window graphs, from disk
+    # two fresh processes: the first compiles (or finds an earlier run's graphs), the second finds both on disk.
+    # Not this process's graphs: on a cold cache, those written after other tests ran here were not the ones a
+    # fresh process looks up (seen on a cold /tmp/torchinductor_root; the cause is Inductor's, not chargpt's)
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        child = json.loads(done.stdout.strip().splitlines()[-1])
+        assert child["same"]
+    assert child["hits"] >= 2  # the step and the window graphs, from disk
 
 
 def test_a_model_compiled_in_place_still_decodes_eagerly():
