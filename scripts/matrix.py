@@ -35,7 +35,7 @@ FLOORS = {
     "torch": "2.9.0",
     "lightning": "2.6.4",
     "torchmetrics": "1.4.0",
-    "tensorboard": "2.15.0",
+    "tensorboard": "2.21.0",
     "jsonargparse": "4.39.0",
     "numpy": "1.24.0",
     "matplotlib": "3.7.0",

@@ -42,7 +42,9 @@ def export_onnx(model: LanguageModel, path: Path) -> None:
     wrapper = AllLogits(model).eval()
     idx = torch.zeros(2, min(8, model.config.block_size), dtype=torch.long)
     batch = torch.export.Dim("batch")
-    time = torch.export.Dim("time", max=model.config.block_size)
+    # DYNAMIC, not a named Dim: torch 2.9's export refines time to >= 2 for some options (rotary embeddings and
+    # the rest), which a named Dim refuses as a constraint violation; the graph still runs at every length
+    time = torch.export.Dim.DYNAMIC(max=model.config.block_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
