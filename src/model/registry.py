@@ -4,7 +4,7 @@ type registered here works everywhere at once."""
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import Any, Literal
 
 from src.errors import UserError
 from src.model.base import GPTConfig, LanguageModel
@@ -14,6 +14,7 @@ from src.model.lecture import STAGES
 
 # model_type -> class: the registry every path builds from (the lecture's stages between its bigram and its GPT)
 MODELS = {"gpt": GPT, "bigram": BigramLanguageModel, **STAGES}
+ModelType = Literal[tuple(MODELS)]  # the names, as a type the CLI turns into --model.model_type's choices
 
 
 def model_type_of(model: LanguageModel) -> str:

@@ -22,6 +22,8 @@ from src.data.tokenizer import Tokenizer, prompt_ids
 from src.errors import UserError
 from src.generation.decoding import generate
 from src.model import LanguageModel
+from src.model.base import ACTIVATIONS, INITS, NORMS
+from src.model.registry import ModelType
 from src.training.optim import MuonAdamW, adamw, hidden_matrices, warmup_decay
 
 
@@ -30,18 +32,7 @@ class CharGPT(L.LightningModule):
         self,
         vocab: str | None = None,
         tokenizer: Literal["chars", "bytes"] = "chars",
-        model_type: Literal[
-            "gpt",
-            "bigram",
-            "lecture_embed",
-            "lecture_head",
-            "lecture_heads",
-            "lecture_ffwd",
-            "lecture_blocks",
-            "lecture_residual",
-            "lecture_residual_4x",
-            "lecture_layernorm",
-        ] = "gpt",
+        model_type: ModelType = "gpt",
         block_size: int = 256,
         n_layer: int = 6,
         n_head: int = 6,
@@ -49,12 +40,12 @@ class CharGPT(L.LightningModule):
         dropout: float = 0.2,
         bias: bool = True,
         rope: bool = False,
-        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
-        mlp: Literal["relu", "relu2"] = "relu",
+        norm: Literal[NORMS] = "layernorm",
+        mlp: Literal[ACTIVATIONS] = "relu",
         qk_norm: bool = False,
         tie_embeddings: bool = False,
         attn_dropout: float | None = None,
-        init: Literal["gpt2", "pytorch"] = "gpt2",
+        init: Literal[INITS] = "gpt2",
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
