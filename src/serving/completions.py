@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from src.data.tokenizer import Tokenizer, prompt_ids
+from src.data.tokenizer import ByteTokenizer, Tokenizer, prompt_ids
 from src.generation.sampling import check_sampling_args
 from src.serving.engine import Score
 
@@ -163,7 +163,7 @@ def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | No
 def token_string(tokenizer: Tokenizer, token: int) -> str:
     """A token as the logprobs fields name it: its character; for the bytes tokenizer, a byte that is not a whole
     character alone is ``bytes:\\xNN``, as OpenAI writes such tokens."""
-    if token < 128 or tokenizer.vocab_size != 256:
+    if token < 128 or not isinstance(tokenizer, ByteTokenizer):
         return tokenizer.vocab[token]
     return f"bytes:\\x{token:02x}"
 
@@ -174,7 +174,9 @@ class Logprobs:
     sequence, which the text leaves out, are dropped. ``text_offset`` is each token's start in the choice's text."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer, self.pending, self.text, self.offset = tokenizer, deque(), 0, 0
+        self.name = functools.partial(token_string, tokenizer)
+        self.pending: deque[Score] = deque()
+        self.text = self.offset = 0  # characters of the text so far, and of the tokens sent so far
 
     def add(self, text: str, scores: list[Score], finished: bool) -> dict[str, list]:
         self.text += len(text)
@@ -182,10 +184,9 @@ class Logprobs:
         out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         while self.pending and self.offset + len(self.pending[0].text) <= self.text:
             score = self.pending.popleft()
-            name = functools.partial(token_string, self.tokenizer)
-            out["tokens"].append(name(score.token))
+            out["tokens"].append(self.name(score.token))
             out["token_logprobs"].append(score.logprob)
-            out["top_logprobs"].append(None if score.top is None else {name(t): lp for t, lp in score.top})
+            out["top_logprobs"].append(None if score.top is None else {self.name(t): lp for t, lp in score.top})
             out["text_offset"].append(self.offset)
             self.offset += len(score.text)
         if finished:

@@ -143,7 +143,6 @@ async def stream(server: Server, job: Job, cid: str, include_usage: bool):
     ``[DONE]``. However it ends (a client gone included), the completions still decoding are cancelled: their slots
     free at the next step."""
     interval, sent = server.args.stream_interval, 0.0
-    logprobs = [api.Logprobs(server.tokenizer) if c.logprobs is not None else None for c in job.completions]
     try:
         while job.open:
             items = [await job.queue.get()]
@@ -158,8 +157,8 @@ async def stream(server: Server, job: Job, cid: str, include_usage: bool):
                 entry = merged.setdefault(index, ["", None, []])
                 entry[0] += text
                 entry[1] = finish_reason
-                if logprobs[index] is not None:
-                    entry[2].append(logprobs[index].add(text, scores, finish_reason is not None))
+                if (part := job.scored(index, text, scores, finish_reason is not None)) is not None:
+                    entry[2].append(part)
             out = []
             for index, (text, finish_reason, scored) in merged.items():
                 if finish_reason is not None:
@@ -181,15 +180,14 @@ async def stream(server: Server, job: Job, cid: str, include_usage: bool):
 async def whole(server: Server, job: Job, cid: str, request: Request) -> Response:
     """The finished completions in one response; a client that leaves first cancels them."""
     texts, reasons = [""] * len(job.completions), [None] * len(job.completions)
-    logprobs = [api.Logprobs(server.tokenizer) if c.logprobs is not None else None for c in job.completions]
     scored: list[list[dict]] = [[] for _ in job.completions]
 
     async def collect() -> None:
         while job.open:
             index, text, finish_reason, scores = await job.queue.get()
             texts[index] += text
-            if logprobs[index] is not None:
-                scored[index].append(logprobs[index].add(text, scores, finish_reason is not None))
+            if (part := job.scored(index, text, scores, finish_reason is not None)) is not None:
+                scored[index].append(part)
             if finish_reason is not None:
                 reasons[index] = finish_reason
                 job.open -= 1

@@ -13,13 +13,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-from src.data.tokenizer import check_ids, prompt_ids
+from src.data.tokenizer import Tokenizer, check_ids, prompt_ids
 from src.errors import UserError
 from src.serving import completions as api
 from src.serving.completions import RequestError
 from src.serving.engine import Completion, Engine, Event, QueueFull, Sampling, Score
 
-MAX_BODY = 1 << 20  # bytes: a prompt longer than the context window is cropped anyway
+MAX_BODY = 1 << 20  # bytes: a prompt longer than the context window is cropped (or, to be scored, refused) anyway
 API_KEY_ENV = "CHARGPT_API_KEY"
 PLAYGROUND = Path(__file__).with_name("playground.html")
 
@@ -35,11 +35,17 @@ def model_name(ckpt_path: str) -> str:
 class Job:
     """One request's completions, and the text the engine sends them, waiting for the HTTP side."""
 
-    def __init__(self, completions: list[Completion], prompt_tokens: int, echoes: list[str]) -> None:
+    def __init__(self, completions: list[Completion], prompt_tokens: int, echoes: list[str], tokenizer: Tokenizer) -> None:
         self.completions, self.prompt_tokens, self.echoes = completions, prompt_tokens, echoes
         self.queue: asyncio.Queue[tuple[int, str, str | None, list[Score]]] = asyncio.Queue()
         self.submitted, self.first_token = time.perf_counter(), None
         self.open = len(completions)
+        self.logprobs = [api.Logprobs(tokenizer) if c.logprobs is not None else None for c in completions]
+
+    def scored(self, index: int, text: str, scores: list[Score], finished: bool) -> dict | None:
+        """The logprobs entries of choice ``index`` that ``text`` completes; None when it asked for none."""
+        builder = self.logprobs[index]
+        return None if builder is None else builder.add(text, scores, finished)
 
 
 class Server:
@@ -101,7 +107,7 @@ class Server:
         prompts, ids, echoes = api.prompts(request), [], []
         scoring = request.echo and request.logprobs is not None
         window = self.model.config.block_size  # a longer prompt is cropped to its last window, as generate does
-        several = isinstance(request.prompt, list) and not isinstance(prompts[0], list) or len(prompts) > 1
+        several = isinstance(request.prompt, list) and not isinstance(request.prompt[0], int)  # a list of prompts
         for i, prompt in enumerate(prompts):
             where = f"prompt[{i}]" if several else "prompt"
             ids.append(self.prompt_ids(prompt, where, scoring))
@@ -128,7 +134,8 @@ class Server:
             )  # fmt: skip
             for j, seed in enumerate(api.seeds(request, count))
         ]
-        job = Job(completions, sum(map(len, ids)) * request.n, [echoes[j // request.n] for j in range(count)])
+        echoes = [echoes[j // request.n] for j in range(count)]
+        job = Job(completions, sum(map(len, ids)) * request.n, echoes, self.tokenizer)
         for j, completion in enumerate(completions):
             completion.tag = (job, j)
         if count > self.engine.max_batch + self.engine.max_queue:
