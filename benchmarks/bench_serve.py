@@ -200,27 +200,26 @@ def engine_alone(args) -> dict[int, float]:
     model, tokenizer = load_model(args.ckpt_path, torch.device("cpu"))
     rates = {}
     for clients in args.clients:
-        done, left = threading.Event(), [clients * args.requests]
+        finished = threading.Semaphore(0)  # released once per completion that ends
 
-        def sink(events, done=done, left=left) -> None:
-            left[0] -= sum(1 for e in events if e[2] is not None)
-            if left[0] <= 0:
-                done.set()
+        def sink(events, finished=finished) -> None:
+            for _ in range(sum(1 for event in events if event[2] is not None)):
+                finished.release()
 
         engine = Engine(model, tokenizer, sink, max_batch=16).start()
+
+        def run(batch: list[Completion], engine=engine, finished=finished) -> None:
+            engine.submit(batch)
+            for _ in batch:
+                if not finished.acquire(timeout=600):
+                    raise SystemExit("the engine finished nothing for 10 minutes")
+
         try:
-            engine.submit([Completion(tokenizer.encode("\n"), 50, 0, Sampling(0.8))])  # warm-up
-            while engine.counts() != (0, 0):
-                time.sleep(0.01)
-            left[0] = clients * args.requests
+            run([Completion(tokenizer.encode("\n"), 50, 0, Sampling(0.8))])  # warm-up
             started = time.perf_counter()
             for r in range(args.requests):  # a client's requests follow one another: rounds of `clients` at once
-                batch = [Completion(tokenizer.encode("\n"), args.tokens, r * clients + i, Sampling(0.8))
-                         for i in range(clients)]  # fmt: skip
-                engine.submit(batch)
-                while any(c.finish_reason is None for c in batch):
-                    time.sleep(0.001)
-            done.wait(600)
+                run([Completion(tokenizer.encode("\n"), args.tokens, r * clients + i, Sampling(0.8))
+                     for i in range(clients)])  # fmt: skip
             rates[clients] = clients * args.requests * args.tokens / (time.perf_counter() - started)
         finally:
             engine.close()
