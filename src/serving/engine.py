@@ -103,16 +103,16 @@ class Score(NamedTuple):
 Event = tuple[Completion, str, str | None, list[Score]]
 
 
-def score_rows(logprobs: torch.Tensor, tokens: list[int], alternatives: int) -> list[tuple[float, Alternatives]]:
-    """(log-probability of ``tokens[i]``, the ``alternatives`` most likely tokens with theirs, and the token itself
+def score_rows(logprobs: torch.Tensor, tokens: list[int], alternatives: list[int]) -> list[tuple[float, Alternatives]]:
+    """(log-probability of ``tokens[i]``, the ``alternatives[i]`` most likely tokens with theirs, and the token itself
     when it is not among them, as vLLM does) for each row i of ``logprobs`` (N, V)."""
     index = torch.tensor(tokens, dtype=torch.long, device=logprobs.device).view(-1, 1)  # (N, 1)
     chosen = logprobs.gather(1, index)[:, 0].tolist()
-    values, ids = logprobs.topk(alternatives, dim=-1) if alternatives else (logprobs[:, :0], logprobs[:, :0].long())
+    values, ids = logprobs.topk(max(alternatives, default=0), dim=-1)  # (N, the most asked for), the best first
     out = []
-    for token, logprob, top_values, top_ids in zip(tokens, chosen, values.tolist(), ids.tolist()):
-        top = list(zip(top_ids, top_values))
-        if token not in top_ids:
+    for token, logprob, k, top_values, top_ids in zip(tokens, chosen, alternatives, values.tolist(), ids.tolist()):
+        top = list(zip(top_ids[:k], top_values[:k]))
+        if token not in top_ids[:k]:
             top.append((token, logprob))
         out.append((logprob, top))
     return out
@@ -210,12 +210,14 @@ class Engine:
                     events.append((completion, "", "length", self.state[completion].scores))
                 elif completion.cached in (0, self.window):  # joining, or its window is full
                     token = self._prefill(completion)
-                    self._take(completion, token, self.state[completion].decoder.logits[0], events)
+                    scored = self._score([completion], [token], self.state[completion].decoder.logits)
+                    self._take(completion, token, scored[0], events)
                 else:
                     stepping.append(completion)
             if stepping:
-                for completion, (token, logits) in zip(stepping, self._step(stepping)):
-                    self._take(completion, token, logits, events)
+                tokens, logits = self._step(stepping)
+                for completion, token, scored in zip(stepping, tokens, self._score(stepping, tokens, logits)):
+                    self._take(completion, token, scored, events)
         except Exception as err:  # a failing step must not leave the other requests hanging
             failed = f"{type(err).__name__}: {err}"
             events += [(c, failed, "error", []) for c in self.active if c.finish_reason is None]
@@ -279,13 +281,25 @@ class Engine:
             ids, decode = completion.ids, self.tokenizer.stream_decoder()
             texts = [decode([token]) for token in ids]
             texts[-1] += decode([], final=True)
-            scored = score_rows(logprobs[row, : len(ids) - 1], ids[1:], completion.logprobs or 0)
+            scored = score_rows(logprobs[row, : len(ids) - 1], ids[1:], [completion.logprobs or 0] * (len(ids) - 1))
             first = Score(ids[0], None, None, texts[0])
             self.state[completion].scores = [first] + [Score(t, *sc, x) for t, sc, x in zip(ids[1:], scored, texts[1:])]
 
-    def _step(self, stepping: list[Completion]) -> list[tuple[int, torch.Tensor]]:
-        """One token for each of ``stepping``, with the logits it was drawn from; every active row rides along (see
-        the module docstring)."""
+    def _score(self, completions: list[Completion], tokens: list[int], logits: torch.Tensor) -> list:
+        """The scores of ``tokens`` under their rows of ``logits`` (N, V), from one log-softmax over the rows of
+        the completions that ask for logprobs; None for the others."""
+        rows = [i for i, c in enumerate(completions) if c.logprobs is not None]
+        out: list[tuple[float, Alternatives] | None] = [None] * len(completions)
+        if rows:
+            logprobs = F.log_softmax(logits[rows].float(), dim=-1)  # (R, V)
+            asked = [completions[i].logprobs for i in rows]
+            for i, scored in zip(rows, score_rows(logprobs, [tokens[i] for i in rows], asked)):
+                out[i] = scored
+        return out
+
+    def _step(self, stepping: list[Completion]) -> tuple[list[int], torch.Tensor]:
+        """One token for each of ``stepping``, and the logits (len(stepping), V) they were drawn from; every active
+        row rides along (see the module docstring)."""
         n = len(self.active)
         tokens = torch.tensor([[c.ids[-1]] for c in self.active], device=self.device)
         positions = torch.tensor([[min(c.cached, self.window - 1)] for c in self.active], device=self.device)
@@ -305,9 +319,10 @@ class Engine:
             drawn.update(zip((c.slot for c in members), picked[:, 0].tolist()))
         for completion in stepping:
             completion.cached += 1
-        return [(drawn[c.slot], logits[c.slot]) for c in stepping]
+        slots = torch.tensor([c.slot for c in stepping], device=self.device)
+        return [drawn[c.slot] for c in stepping], logits.index_select(0, slots)
 
-    def _take(self, completion: Completion, token: int, logits: torch.Tensor, events: list[Event]) -> None:
+    def _take(self, completion: Completion, token: int, scored: tuple | None, events: list[Event]) -> None:
         completion.ids = completion.ids[-self.window :] + [token]
         completion.produced += 1
         state = self.state[completion]
@@ -322,9 +337,8 @@ class Engine:
         elif stopped:
             completion.finish_reason = "stop"
         new_scores, state.scores = state.scores, []  # the prompt's, in the first event
-        if completion.logprobs is not None:
-            logprobs = F.log_softmax(logits.float().view(1, -1), dim=-1)
-            new_scores.append(Score(token, *score_rows(logprobs, [token], completion.logprobs)[0], text))
+        if scored is not None:
+            new_scores.append(Score(token, *scored, text))
         events.append((completion, state.pieces.take(), completion.finish_reason, new_scores))
 
 

@@ -35,7 +35,9 @@ def model_name(ckpt_path: str) -> str:
 class Job:
     """One request's completions, and the text the engine sends them, waiting for the HTTP side."""
 
-    def __init__(self, completions: list[Completion], prompt_tokens: int, echoes: list[str], tokenizer: Tokenizer) -> None:
+    def __init__(
+        self, completions: list[Completion], prompt_tokens: int, echoes: list[str], tokenizer: Tokenizer
+    ) -> None:
         self.completions, self.prompt_tokens, self.echoes = completions, prompt_tokens, echoes
         self.queue: asyncio.Queue[tuple[int, str, str | None, list[Score]]] = asyncio.Queue()
         self.submitted, self.first_token = time.perf_counter(), None
