@@ -147,13 +147,19 @@ async def load(
             leave_after = rng.randrange(1, tokens) if rng.random() < leave else None
             await one_request(port, tokens, leave_after, record, logprobs)
 
-    before, cpu = (await metrics(port)).get("process_cpu_seconds_total", float("nan")), time.process_time()
+    before, cpu = await server_cpu(port), time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     record["wall"] = time.perf_counter() - started
     record["cpu"] = time.process_time() - cpu
-    record["server_cpu"] = (await metrics(port)).get("process_cpu_seconds_total", float("nan")) - before
+    record["server_cpu"] = await server_cpu(port) - before
     return record
+
+
+async def server_cpu(port: int) -> float:
+    """CPU seconds of the server and its worker processes (nan where the OS does not report them)."""
+    found = [v for name, v in (await metrics(port)).items() if name.endswith("process_cpu_seconds_total")]
+    return sum(found) if found else float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -187,17 +193,22 @@ def sweep(args, label: str, flags: list[str], logprobs: int | None = None) -> di
 
 
 def engine_alone(args) -> dict[int, float]:
-    """The server's engine in this process, no HTTP: the same completions (a newline, ``--tokens`` characters,
-    temperature 0.8), ``clients`` at once, on the server's default thread count: tokens/s for each load."""
+    """The server's engines with no HTTP: the same completions (a newline, ``--tokens`` characters, temperature
+    0.8), ``clients`` at once, with src.serve's default workers and threads: tokens/s for each load."""
     import threading
 
     import torch
 
     from src.checkpoints.load import load_model
+    from src.serve import place_workers
     from src.serving.engine import Completion, Engine, Sampling
+    from src.serving.workers import EnginePool
 
-    torch.set_num_threads(max(1, torch.get_num_threads() - 1))  # src.serve's default --threads
     model, tokenizer = load_model(args.ckpt_path, torch.device("cpu"))
+    defaults = argparse.Namespace(workers=None, threads=None, max_batch=16)
+    place_workers(defaults, torch.device("cpu"))
+    torch.set_num_threads(defaults.threads)
+    engine_alone.label = f"{defaults.workers} worker process(es) of {defaults.threads} thread(s), as src.serve"
     rates = {}
     for clients in args.clients:
         finished = threading.Semaphore(0)  # released once per completion that ends
@@ -206,7 +217,10 @@ def engine_alone(args) -> dict[int, float]:
             for _ in range(sum(1 for event in events if event[2] is not None)):
                 finished.release()
 
-        engine = Engine(model, tokenizer, sink, max_batch=16).start()
+        if defaults.workers == 1:
+            engine = Engine(model, tokenizer, sink, max_batch=16).start()
+        else:
+            engine = EnginePool(model, tokenizer, sink, 16, 64, "window", defaults.workers, defaults.threads).start()
 
         def run(batch: list[Completion], engine=engine, finished=finished) -> None:
             engine.submit(batch)
@@ -286,6 +300,7 @@ def main() -> None:
         for c in batched:
             print(f"{c:>2} clients: logprobs {args.logprobs} cost {1 - with_logprobs[c] / batched[c]:.1%} of tokens/s")
     ceiling = engine_alone(args)
+    print(f"engine alone: {engine_alone.label}")
     for c in batched:
         rows, clients = ceiling[c] / ceiling[min(ceiling)], batched[c] / batched[min(batched)]
         print(

@@ -50,10 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights for decoding")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that decode on a CPU, each with its share of the slots (default: 2 where there are 2 cores "
+        "or more, else 1; one process decodes with one core at a time: docs/serving.md)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
-        default=max(1, torch.get_num_threads() - 1),
-        help="CPU threads for the model; the rest serve HTTP (on 2 cores one thread decodes faster: docs/serving.md)",
+        default=None,
+        help="CPU threads for the model in each worker (default: the cores but one, shared among the workers)",
     )
     parser.add_argument(
         "--stream_interval",
@@ -74,9 +81,23 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def check_args(args: argparse.Namespace) -> None:
     check_decoding_args(cache=args.cache, flag="--")
-    for flag in ("max_batch", "max_queue", "max_tokens_cap", "threads"):
-        if getattr(args, flag) < (0 if flag == "max_queue" else 1):
-            raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    for flag in ("max_batch", "max_queue", "max_tokens_cap", "threads", "workers"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_queue" else 1):
+            raise UserError(f"--{flag} must be positive, got {value}")
+    if args.workers is not None and args.workers > args.max_batch:
+        raise UserError(f"--workers {args.workers} is more than --max_batch {args.max_batch}: each worker needs a slot")
+
+
+def place_workers(args: argparse.Namespace, device: torch.device) -> None:
+    """Settle --workers and --threads: worker processes pay on a CPU with cores to spare (a GPU gets one)."""
+    cores = torch.get_num_threads()
+    if args.workers is None:
+        args.workers = min(2, cores, args.max_batch) if device.type == "cpu" else 1
+    elif args.workers > 1 and device.type != "cpu":
+        raise UserError(f"--workers {args.workers} decodes on the CPU, not {device}: leave --workers at 1 there")
+    if args.threads is None:
+        args.threads = max(1, (cores - 1) // args.workers)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -106,13 +127,15 @@ def serve(args: argparse.Namespace) -> None:
     from src.serving.serve_app import create_app
 
     check_args(args)
-    torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args)
+    place_workers(args, next(model.parameters()).device)
+    torch.set_num_threads(args.threads)
     server = Server(model, tokenizer, args)
     sock = listen(args.host, args.port)
     base = f"http://{url_host(args.host)}:{sock.getsockname()[1]}"
     print(
         f"chargpt serve: model '{server.name}' ({model.num_params():,} parameters) on {next(model.parameters()).device}"
+        + (f", {args.workers} worker processes of {args.threads} thread(s)" if args.workers > 1 else "")
     )
     if server.api_key:
         print("  API key     required on /v1 (Authorization: Bearer ...)")

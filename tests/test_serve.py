@@ -9,7 +9,9 @@ import time
 
 import openai
 import pytest
+import torch
 
+from src.errors import UserError
 from src.generate import main as generate_main
 from tests.helpers import REPO, LiveServer
 
@@ -177,3 +179,41 @@ def test_the_readmes_curl_and_python_examples_work(server, capsys):
     code = code.replace('"ROMEO:"', '"All:"')
     exec(code, {})
     assert len(capsys.readouterr().out) == 200
+
+
+@pytest.mark.parametrize(
+    ("cores", "device", "flags", "expected"),
+    [
+        (2, "cpu", [], (2, 1)),  # a worker process per core, the event loop beside them
+        (1, "cpu", [], (1, 1)),
+        (8, "cpu", [], (2, 3)),
+        (8, "cpu", ["--max_batch", "1"], (1, 7)),  # one slot: one worker
+        (8, "cuda", [], (1, 7)),  # a GPU decodes in the server's own process
+        (2, "cpu", ["--workers", "1", "--threads", "2"], (1, 2)),
+    ],
+)
+def test_workers_and_threads_settle_from_the_cores(monkeypatch, cores, device, flags, expected):
+    from src.serve import build_parser, check_args, place_workers
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    args = build_parser().parse_args(["--ckpt_path", "x", *flags])
+    check_args(args)
+    place_workers(args, torch.device(device))
+    assert (args.workers, args.threads) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "device", "message"),
+    [
+        (["--workers", "0"], "cpu", "--workers must be positive, got 0"),
+        (["--workers", "3", "--max_batch", "2"], "cpu", "--workers 3 is more than --max_batch 2"),
+        (["--workers", "2"], "cuda", "--workers 2 decodes on the CPU, not cuda: leave --workers at 1"),
+    ],
+)
+def test_workers_that_cannot_run_are_refused_by_name(flags, device, message):
+    from src.serve import build_parser, check_args, place_workers
+
+    args = build_parser().parse_args(["--ckpt_path", "x", *flags])
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_args(args)
+        place_workers(args, torch.device(device))

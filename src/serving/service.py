@@ -18,6 +18,7 @@ from src.errors import UserError
 from src.serving import completions as api
 from src.serving.completions import RequestError
 from src.serving.engine import Completion, Engine, Event, QueueFull, Sampling, Score
+from src.serving.workers import EngineLost, EnginePool
 
 MAX_BODY = 1 << 20  # bytes: a prompt longer than the context window is cropped (or, to be scored, refused) anyway
 API_KEY_ENV = "CHARGPT_API_KEY"
@@ -59,11 +60,17 @@ class Server:
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.name = args.model_name or model_name(args.ckpt_path)
         self.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-        self.engine = Engine(model, tokenizer, self.deliver, args.max_batch, args.max_queue, args.cache)
+        options = (model, tokenizer, self.deliver, args.max_batch, args.max_queue, args.cache)
+        if args.workers == 1:
+            self.engine = Engine(*options)
+        else:  # a worker sends its text every half --stream_interval, sooner for a first token or a finish
+            self.engine = EnginePool(*options, args.workers, args.threads, args.stream_interval)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last rounds, for tokens/s
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)  # resident memory, CPU seconds (where the OS reports them)
+        for i, pid in enumerate(getattr(self.engine, "pids", [])):  # the same for each worker process
+            ProcessCollector(namespace=f"chargpt_worker{i}", pid=lambda pid=pid: pid, registry=registry)
         self.requests = Counter("chargpt_requests", "completion requests answered, by HTTP status", ["status"],
                                 registry=registry)  # fmt: skip
         self.tokens = Counter("chargpt_tokens_generated", "tokens generated", registry=registry)
@@ -146,6 +153,9 @@ class Server:
             self.engine.submit(completions)
         except QueueFull:
             raise RequestError(503, "the server is busy: try again shortly", None, "server_error") from None
+        except EngineLost:
+            message = "the server's worker processes have exited: restart the server"
+            raise RequestError(503, message, None, "server_error") from None
         return job
 
     def prompt_ids(self, prompt: str | list[int], where: str, scoring: bool) -> list[int]:

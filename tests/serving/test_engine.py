@@ -1,5 +1,6 @@
 """Continuous batching: completions decoded together, joining and leaving between steps, each one the text it would
-be alone (``src.generation.decoding.generate_tokens`` with its seed and options)."""
+be alone (``src.generation.decoding.generate_tokens`` with its seed and options), whether one engine decodes them in
+this process or a pool of worker processes (``src.serving.workers``) shares them out."""
 
 import threading
 
@@ -9,6 +10,7 @@ import torch
 from src.data.tokenizer import CharTokenizer
 from src.generation.decoding import generate_tokens
 from src.serving.engine import Completion, Engine, QueueFull, Sampling
+from src.serving.workers import EngineLost, EnginePool
 from tests.helpers import tiny_gpt
 
 TOKENIZER = CharTokenizer("\nabcdefghij")  # 11 tokens, tiny_gpt's vocabulary size
@@ -46,16 +48,23 @@ class Collect:
             self.done.set()
 
 
-def start(model, sink, **options) -> Engine:
-    return Engine(model, TOKENIZER, sink, **options).start()
+def start(model, sink, kind: str = "thread", **options) -> Engine | EnginePool:
+    """An engine in this process ("thread"), or two worker processes ("processes") with the slots between them."""
+    if kind == "thread":
+        return Engine(model, TOKENIZER, sink, **options).start()
+    return EnginePool(model, TOKENIZER, sink, workers=2, **options).start()
 
 
+KINDS = ["thread", "processes"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("cache", ["window", "exact"])
-def test_each_completion_is_what_it_would_be_alone_whoever_joins_or_leaves(cache):
+def test_each_completion_is_what_it_would_be_alone_whoever_joins_or_leaves(cache, kind):
     model = tiny_gpt()
     expected = [alone(model, *case, cache) for case in CASES]
     sink = Collect(len(CASES))
-    engine = start(model, sink, max_batch=3, cache=cache)  # fewer slots than completions: some wait for a slot
+    engine = start(model, sink, kind, max_batch=3, cache=cache)  # fewer slots than completions: some wait
     try:
         completions = [Completion(list(ids), n, seed, s, tag=i) for i, (ids, n, seed, s) in enumerate(CASES)]
         engine.submit(completions[:2])
@@ -68,7 +77,8 @@ def test_each_completion_is_what_it_would_be_alone_whoever_joins_or_leaves(cache
     assert engine.counts() == (0, 0)
 
 
-def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged():
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged(kind):
     model = tiny_gpt()
     expected = alone(model, [1, 2, 3], 200, 5, Sampling(0.8), "window")
     seen = threading.Event()
@@ -80,7 +90,7 @@ def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged():
                 seen.set()
 
     texts = {}
-    engine = start(model, sink, max_batch=2)
+    engine = start(model, sink, kind, max_batch=2)
     try:
         leaves = Completion([4], 10_000, 1, Sampling(1.0), tag="leaves")  # the first slot: the other row moves
         stays = Completion([1, 2, 3], 200, 5, Sampling(0.8), tag="stays")
@@ -100,13 +110,14 @@ def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged():
     assert engine.counts() == (0, 0)
 
 
-def test_stop_texts_end_a_completion_where_the_first_one_appears():
+@pytest.mark.parametrize("kind", KINDS)
+def test_stop_texts_end_a_completion_where_the_first_one_appears(kind):
     model = tiny_gpt()
     full = alone(model, [1], 60, 3, Sampling(1.0), "window")
     stops = [full[20:23], full[30:32]]  # two stop texts: the earlier appearance wins
     first = min(full.index(s) for s in stops)
     sink = Collect(1)
-    engine = start(model, sink)
+    engine = start(model, sink, kind)
     try:
         engine.submit([Completion([1], 60, 3, Sampling(1.0), stops, tag=0)])
         assert sink.done.wait(30)
@@ -128,6 +139,52 @@ def test_a_full_queue_refuses_new_work():
         blocked.set()
         for completion in list(engine.active) + list(engine.waiting):
             engine.cancel(completion)
+        engine.close()
+
+
+def test_a_full_pool_refuses_new_work_and_its_queue_waits_for_a_free_slot():
+    sink = Collect(1)
+    engine = start(tiny_gpt(), sink, "processes", max_batch=2, max_queue=1)
+    try:
+        long = [Completion([1], 100_000, i) for i in range(2)]
+        engine.submit(long)  # a slot in each worker
+        queued = Completion([1], 5, 2, tag="queued")
+        engine.submit([queued])
+        with pytest.raises(QueueFull):
+            engine.submit([Completion([1], 5, 3)])
+        assert engine.counts() == (2, 1)
+        engine.cancel(long[0])  # its slot goes to the waiting completion
+        assert sink.done.wait(30) and sink.reasons == {"queued": "length"}
+        engine.cancel(long[1])
+        assert engine.counts() == (0, 0)
+    finally:
+        engine.close()
+
+
+def test_a_worker_that_dies_fails_only_its_own_completions_and_the_pool_goes_on():
+    model = tiny_gpt()
+    sink = Collect(2)
+    engine = start(model, sink, "processes", max_batch=2)
+    try:
+        doomed, survivor = Completion([1], 100_000, 1, tag="doomed"), Completion([2], 300, 2, tag="survivor")
+        engine.submit([doomed, survivor])  # one in each worker
+        worker = engine.placed[doomed][0]
+        worker.process.kill()
+        assert sink.done.wait(60)
+        assert sink.reasons == {"doomed": "error", "survivor": "length"}
+        assert "worker process decoding it exited" in sink.texts["doomed"]
+        assert sink.texts["survivor"] == alone(model, [2], 300, 2, Sampling(1.0), "window")
+        after = Collect(2)
+        engine.sink = after
+        engine.submit([Completion([1], 5, 1, tag=0), Completion([2], 5, 2, tag=1)])  # both to the live worker
+        assert after.done.wait(30) and after.reasons == {0: "length", 1: "length"}
+        for live in [w for w in engine.workers if w.alive]:
+            live.process.kill()
+        for reader in engine.readers:
+            reader.join(30)
+        with pytest.raises(EngineLost):
+            engine.submit([Completion([1], 5, 1)])
+    finally:
         engine.close()
 
 
@@ -159,9 +216,9 @@ def test_a_model_without_a_kv_cache_is_refused_by_name():
         Engine(model, CharTokenizer("abcdefghijk"), lambda events: None)
 
 
-def run(model, completions: list[Completion], **options) -> Collect:
+def run(model, completions: list[Completion], kind: str = "thread", **options) -> Collect:
     sink = Collect(len(completions))
-    engine = start(model, sink, **options)
+    engine = start(model, sink, kind, **options)
     try:
         engine.submit(completions)
         assert sink.done.wait(30)
@@ -189,10 +246,11 @@ def assert_scores(scores, ids: list[int], logprobs: torch.Tensor, alternatives: 
         assert ids[first + i] in [t for t, _ in score.top]
 
 
-def test_logprobs_of_generated_tokens_are_the_models_log_softmax_whatever_the_temperature():
+@pytest.mark.parametrize("kind", KINDS)
+def test_logprobs_of_generated_tokens_are_the_models_log_softmax_whatever_the_temperature(kind):
     model = tiny_gpt()
     prompt = [1, 2, 3]
-    sink = run(model, [Completion(list(prompt), 12, 7, Sampling(0.7, top_k=4), logprobs=3, tag=0)])
+    sink = run(model, [Completion(list(prompt), 12, 7, Sampling(0.7, top_k=4), logprobs=3, tag=0)], kind)
     generated = TOKENIZER.encode(sink.texts[0])
     assert len(generated) == 12 and len(sink.scores[0]) == 12  # prompt + 12 tokens fit the 16-token window
     ids = prompt + generated
