@@ -282,7 +282,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", default="lightning_logs/shakespeare_char/checkpoints/last.ckpt")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--requests", type=int, default=3, help="completions per client, one after another")
+    parser.add_argument("--requests", type=int, default=6, help="completions per client, in turn (fewer: noisier)")
     parser.add_argument("--tokens", type=int, default=500, help="characters per completion")
     parser.add_argument("--seconds", type=float, default=60, help="stop sending new requests after this")
     parser.add_argument("--soak", type=float, default=0, help="then 16 clients for this many seconds (0: skip)")

@@ -65,6 +65,12 @@ def next_token(
     return draw(logits, noise, temperature, top_k, top_p), logits
 
 
+def short_prompt(block_size: int) -> int:
+    """The longest prompt that fills the cache a token at a time: a few steps cost less than the padded window
+    (docs/performance.md, first token)."""
+    return max(1, block_size // 32)
+
+
 @functools.cache
 def compiled_next_token() -> Any:
     """``next_token`` compiled once per process (each shape, dtype and set of sampling options is a graph of its
@@ -100,9 +106,7 @@ class Decoder:
         self.padded = torch.zeros(batch_size, self.block_size, dtype=torch.long, device=self.device)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.no_noise = torch.ones(batch_size, self.vocab_size, device=self.device)  # for steps whose draw is unused
-        # prompts this short fill the cache a token at a time: a few steps cost less than the padded window
-        # (docs/performance.md, first token)
-        self.short = max(1, self.block_size // 32)
+        self.short = short_prompt(self.block_size)
 
     def __enter__(self) -> Decoder:
         self.training = self.model.training

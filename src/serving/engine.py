@@ -3,12 +3,14 @@ completion joining or leaving between steps (llama.cpp's server calls them slots
 front of it.
 
 Each completion decodes exactly as ``src.generation.decoding.generate_tokens`` would decode it alone, with its own
-generator and sampling options: it joins with a prefill of its own row of the shared KV cache (``KVCache.rows``, through
-``Decoder.prefill``, the same call ``generate`` makes), refills its row the same way when the window is full (the
-``cache`` mode's rule), and otherwise takes one token in the batched step, where each row attends at its own position.
-Rows are kept packed (a leaving row's slot takes the last row's cache), so a step costs what the completions being
-served need, not ``max_batch``. A row that prefilled in this round still rides in the batched step as padding: what it
-writes there sits at its next position, which its next step overwrites before reading.
+generator and sampling options: it joins with a prefill of its row of the shared KV cache (``KVCache.rows``, with the
+calls ``Decoder.prefill`` makes for ``generate``), refills its row the same way when the window is full (the ``cache``
+mode's rule), and otherwise takes one token in the batched step, where each row attends at its own position. The
+completions that prefill in a round with the same number of tokens do it together, in adjacent rows (a batch of them
+refills its windows in one call, ~25% less than one call each). Rows are kept packed (a leaving row's slot takes the
+last row's cache), so a step costs what the completions being served need, not ``max_batch``. A row that prefilled
+in this round still rides in the batched step as padding: what it writes there sits at its next position, which its
+next step overwrites before reading.
 
 A completion that asks for ``logprobs`` gets a ``Score`` per token: the model's own log-softmax at the token (before
 temperature and the top-k/top-p filters, which change only what is drawn) and its ``logprobs`` most likely
@@ -32,7 +34,7 @@ from torch.nn import functional as F
 
 from src.data.tokenizer import Tokenizer
 from src.errors import UserError
-from src.generation.decoding import CACHE_MODES, Decoder
+from src.generation.decoding import CACHE_MODES, short_prompt
 from src.generation.sampling import draw, exponential_noise
 from src.generation.stop import StopAtText
 from src.model import LanguageModel
@@ -143,6 +145,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.model.setup_cache(max_batch)
         self.caches = model.kv_caches()
+        self.positions = torch.arange(self.window, device=self.device)
         self.views: dict[tuple[int, int], list] = {}  # KVCache.rows views, made once each
         self.using = (0, max_batch)
         self.active: list[Completion] = []
@@ -203,17 +206,19 @@ class Engine:
         events: list[Event] = []
         try:
             self._score_prompts([c for c in self.active if c.score_prompt and c.produced == 0 and c.cached == 0])
-            stepping = []
+            fresh, stepping = [], []
             for completion in self.active:
                 if completion.max_tokens == 0:  # scoring only: the prompt's scores are all it gets
                     completion.finish_reason = "length"
                     events.append((completion, "", "length", self.state[completion].scores))
                 elif completion.cached in (0, self.window):  # joining, or its window is full
-                    token = self._prefill(completion)
-                    scored = self._score([completion], [token], self.state[completion].decoder.logits)
-                    self._take(completion, token, scored[0], events)
+                    fresh.append(completion)
                 else:
                     stepping.append(completion)
+            if fresh:
+                tokens, logits = self._prefill(fresh)
+                for completion, token, scored in zip(fresh, tokens, self._score(fresh, tokens, logits)):
+                    self._take(completion, token, scored, events)
             if stepping:
                 tokens, logits = self._step(stepping)
                 for completion, token, scored in zip(stepping, tokens, self._score(stepping, tokens, logits)):
@@ -231,10 +236,8 @@ class Engine:
     def _join(self, completion: Completion) -> None:
         completion.slot, completion.cached = len(self.active), 0
         self.active.append(completion)
-        s = completion.sampling
         generator = torch.Generator(device=self.device).manual_seed(completion.seed)
-        decoder = Decoder(self.model, 1, s.temperature, s.top_k, s.top_p)
-        self.state[completion] = _State(decoder, [generator], self.tokenizer.stream_decoder(), completion.stops)
+        self.state[completion] = _State(generator, self.tokenizer.stream_decoder(), completion.stops)
 
     def _free(self, completion: Completion) -> None:
         """Pack the rows: the last row moves into the freed slot, its cache with it."""
@@ -253,18 +256,72 @@ class Engine:
         self.model.use_kv_caches(self.views[start, stop])
         self.using = (start, stop)
 
-    def _prefill(self, completion: Completion) -> int:
-        """The next token of a completion that joins, or whose window is full (then ``cache`` says what it keeps)."""
-        ids = completion.ids
-        if completion.cached and self.cache == "window":
-            ids = ids[-(self.window // 2 or 1) :]
-        else:
-            ids = ids[-self.window :]
-        self._rows(completion.slot, completion.slot + 1)
-        state = self.state[completion]
-        token = state.decoder.prefill(torch.tensor([ids], device=self.device), state.generators)
-        completion.cached = len(ids)
-        return token.item()
+    def _prefill(self, fresh: list[Completion]) -> tuple[list[int], torch.Tensor]:
+        """The next token of each completion that joins or whose window is full (``cache`` says what it keeps), and
+        the logits (len(fresh), V) it was drawn from; ``fresh`` is put in the order of its new slots. Their cache
+        rows are about to be refilled from position 0, so they move to the last slots, those with the same number of
+        tokens side by side, and each such group fills its rows in one call (as ``Decoder.prefill`` fills one)."""
+        ids = {c: c.ids[-(self.window // 2 or 1) :] if c.cached and self.cache == "window" else c.ids[-self.window :]
+               for c in fresh}  # fmt: skip
+        with self.changed:
+            self._gather(fresh, key=lambda c: len(ids[c]))
+        fresh.sort(key=lambda c: c.slot)
+        logits = []
+        for start in range(len(fresh)):
+            length = len(ids[fresh[start]])
+            if start and len(ids[fresh[start - 1]]) == length:
+                continue
+            group = [c for c in fresh[start:] if len(ids[c]) == length]
+            self._rows(group[0].slot, group[-1].slot + 1)
+            logits.append(self._fill(torch.tensor([ids[c] for c in group], device=self.device)))
+            for completion in group:
+                completion.cached = length
+        logits = torch.cat(logits)
+        return self._draw(fresh, logits), logits
+
+    def _gather(self, fresh: list[Completion], key: Callable) -> None:
+        """Give ``fresh`` the last slots, sorted by ``key``: a row that stays moves its cache into the slot of a
+        fresh one (whose cache is stale), and the fresh ones trade slots freely."""
+        n, taken = len(self.active), set(fresh)
+        outside = [c for c in fresh if c.slot < n - len(fresh)]
+        inside = [c for c in self.active[n - len(fresh) :] if c not in taken]
+        for leaving, staying in zip(outside, inside):
+            for cache in self.caches:
+                cache.copy_row(leaving.slot, staying.slot)
+            staying.slot = leaving.slot
+        for slot, completion in enumerate(sorted(fresh, key=key), start=n - len(fresh)):
+            completion.slot = slot
+        self.active.sort(key=lambda c: c.slot)
+
+    def _fill(self, batch: torch.Tensor) -> torch.Tensor:
+        """The logits (B, V) after ``batch`` (B, T), its tokens cached from position 0 in the rows in use: a short
+        prompt a token at a time, a longer one in one call, as ``Decoder.prefill`` does."""
+        T, first = batch.size(1), torch.tensor(0, device=self.device)
+        if T <= short_prompt(self.window):
+            for position in range(T):
+                logits = self.model.next_logits(
+                    batch[:, position : position + 1], self.positions[position : position + 1], first
+                )
+            return logits
+        return self.model.next_logits(batch, self.positions[:T], torch.tensor(T - 1, device=self.device))
+
+    def _draw(self, members: list[Completion], logits: torch.Tensor) -> list[int]:
+        """A token for each of ``members`` from its row of ``logits``, with its generator and sampling options
+        (members with the same options share one draw)."""
+        groups: dict[Sampling, list[int]] = collections.defaultdict(list)
+        for i, completion in enumerate(members):
+            groups[completion.sampling].append(i)
+        drawn = [0] * len(members)
+        for sampling, rows in groups.items():
+            noise = None
+            if sampling.temperature != 0:
+                generators = [self.state[members[i]].generator for i in rows]
+                noise = exponential_noise(len(rows), logits.size(-1), generators, self.device)
+            index = torch.tensor(rows, device=self.device)
+            picked = draw(logits.index_select(0, index), noise, sampling.temperature, sampling.top_k, sampling.top_p)
+            for i, token in zip(rows, picked[:, 0].tolist()):
+                drawn[i] = token
+        return drawn
 
     def _score_prompts(self, completions: list[Completion]) -> None:
         """The scores of these completions' prompts, from one forward pass over all of them (padded on the right,
@@ -305,22 +362,10 @@ class Engine:
         positions = torch.tensor([[min(c.cached, self.window - 1)] for c in self.active], device=self.device)
         self._rows(0, n)
         logits = self.model.next_logits(tokens, positions, torch.tensor(0, device=self.device))  # (n, V)
-        drawn: dict[int, int] = {}
-        groups: dict[Sampling, list[Completion]] = collections.defaultdict(list)
-        for completion in stepping:
-            groups[completion.sampling].append(completion)
-        for sampling, members in groups.items():
-            rows = torch.tensor([c.slot for c in members], device=self.device)
-            noise = None
-            if sampling.temperature != 0:
-                generators = [self.state[c].generators[0] for c in members]
-                noise = exponential_noise(len(members), logits.size(-1), generators, self.device)
-            picked = draw(logits.index_select(0, rows), noise, sampling.temperature, sampling.top_k, sampling.top_p)
-            drawn.update(zip((c.slot for c in members), picked[:, 0].tolist()))
         for completion in stepping:
             completion.cached += 1
-        slots = torch.tensor([c.slot for c in stepping], device=self.device)
-        return [drawn[c.slot] for c in stepping], logits.index_select(0, slots)
+        logits = logits.index_select(0, torch.tensor([c.slot for c in stepping], device=self.device))
+        return self._draw(stepping, logits), logits
 
     def _take(self, completion: Completion, token: int, scored: tuple | None, events: list[Event]) -> None:
         completion.ids = completion.ids[-self.window :] + [token]
@@ -343,11 +388,11 @@ class Engine:
 
 
 class _State:
-    """What decoding one completion needs besides its ids: its decoder (its sampling options), its generator, and
-    the text so far (multi-byte characters and stop texts are held back until they are whole)."""
+    """What decoding one completion needs besides its ids and options: its generator, and the text so far
+    (multi-byte characters and stop texts are held back until they are whole)."""
 
-    def __init__(self, decoder: Decoder, generators: list[torch.Generator], decode: Callable, stops: list[str]) -> None:
-        self.decoder, self.generators, self.decode = decoder, generators, decode
+    def __init__(self, generator: torch.Generator, decode: Callable, stops: list[str]) -> None:
+        self.generator, self.decode = generator, decode
         self.pieces = Pieces()
         self.text = StopAtText(self.pieces, stops)
         self.scores: list[Score] = []  # the prompt's, until the first event takes them

@@ -78,6 +78,24 @@ def test_each_completion_is_what_it_would_be_alone_whoever_joins_or_leaves(cache
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_completions_that_prefill_in_the_same_round_fill_their_rows_together_and_decode_as_alone(kind):
+    # three in step (joins of one token, then every window refill of 8 at the same round, in one call), and one
+    # out of step, whose row has to make way when the others gather in the last slots
+    cases = [([1], 60, 1, Sampling(0.8)), ([2], 60, 2, Sampling(0.8)), ([3], 60, 3, Sampling(0.0))]
+    cases = [([4, 5, 6, 7, 8], 50, 4, Sampling(1.0, top_k=3))] + cases
+    model = tiny_gpt()
+    expected = [alone(model, *case, "window") for case in cases]
+    sink = Collect(len(cases))
+    engine = start(model, sink, kind, max_batch=4)
+    try:
+        engine.submit([Completion(list(ids), n, seed, s, tag=i) for i, (ids, n, seed, s) in enumerate(cases)])
+        assert sink.done.wait(60)
+    finally:
+        engine.close()
+    assert [sink.texts[i] for i in range(len(cases))] == expected
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged(kind):
     model = tiny_gpt()
     expected = alone(model, [1, 2, 3], 200, 5, Sampling(0.8), "window")
