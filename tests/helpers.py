@@ -30,6 +30,8 @@ MODEL_OPTIONS = {
     "bias": False,
     "attn_dropout": 0.0,
     "init": "pytorch",
+    "logit_softcap": 15.0,
+    "unet": True,
 }
 LECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"

@@ -423,6 +423,7 @@ def test_a_model_with_every_option_resumes_exactly_tests_exports_and_generates(w
     from src.generate import main as generate_main
 
     options = ["--model.lr_decay_steps=40", "--model.n_layer=2", *EVERY_OPTION]
+    options += ["--model.optimizer=muon", "--model.muon_momentum_warmup=30"]  # a momentum that moves with the step
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *options])
     main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *options])
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *options, "--ckpt_path=last"])
@@ -447,6 +448,18 @@ def test_a_model_with_every_option_resumes_exactly_tests_exports_and_generates(w
     idx = torch.tensor([tokenizer.encode("All: speak.")])
     (logits,) = ort.InferenceSession(str(workdir / "exported/model.onnx")).run(None, {"idx": idx.numpy()})
     assert torch.allclose(torch.from_numpy(logits), AllLogits(model)(idx), atol=1e-4)
+
+
+def test_muons_momentum_warms_up_with_the_step_and_only_muons(workdir, tiny_corpus):
+    warmup = ["--model.optimizer=muon", "--model.muon_momentum_warmup=20"]
+    main(["fit", *tiny_args(tiny_corpus, max_steps=10, run_name="warm"), *warmup])
+    groups = torch.load(workdir / "lightning_logs/warm/checkpoints/last.ckpt", weights_only=True)["optimizer_states"]
+    muon, adamw = groups[0]["muon"]["param_groups"], groups[0]["adamw"]["param_groups"]
+    assert muon[0]["momentum"] == pytest.approx(0.85 + 0.10 * 9 / 20)  # set before the tenth step (global step 9)
+    assert all("momentum" not in group for group in adamw)
+    main(["fit", *tiny_args(tiny_corpus, max_steps=10, run_name="still"), "--model.optimizer=muon"])
+    groups = torch.load(workdir / "lightning_logs/still/checkpoints/last.ckpt", weights_only=True)["optimizer_states"]
+    assert groups[0]["muon"]["param_groups"][0]["momentum"] == 0.95  # torch's default, untouched
 
 
 EMA = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.9"]

@@ -41,6 +41,8 @@ class GPTConfig:
     tie_embeddings: bool = False  # the output layer reuses the token embedding matrix
     attn_dropout: float | None = None  # dropout on the attention weights; None: the same as ``dropout``
     init: str = "gpt2"  # or "pytorch": PyTorch's default init, the lecture's (configs/lecture/)
+    logit_softcap: float | None = None  # logits squashed into (-cap, cap) by cap * tanh(logits / cap) (modded-nanogpt)
+    unet: bool = False  # U-net skips: block i's output also feeds block n-1-i's input, with a learned weight each
 
     def __post_init__(self) -> None:
         problems = [
@@ -60,6 +62,11 @@ class GPTConfig:
         for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS), ("init", INITS)):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            problems.append(f"logit_softcap must be positive (or null for none), got {self.logit_softcap!r}")
+        if self.unet and not problems and self.n_layer < 2:
+            problems.append(f"unet skips join the first half of the blocks to the last: n_layer must be 2 or more, "
+                            f"got {self.n_layer}")  # fmt: skip
         if self.rope and not problems and self.head_size % 2:
             problems.append(f"rope needs an even head size, got n_embd / n_head = {self.head_size}")
         if problems:
@@ -97,7 +104,7 @@ class LanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The lecture's contract: logits (B, T, V) for every position of ``idx`` (B, T), and the mean
         cross-entropy against ``targets`` (B, T) when they are given (positions marked -100 do not count)."""
-        logits = self.head(self.features(idx))  # (B, T, V)
+        logits = self.logits(self.features(idx))  # (B, T, V)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))  # over (B*T, V)
@@ -106,7 +113,13 @@ class LanguageModel(nn.Module):
         """For decoding (``src.generation.decoding``): the logits (B, V) after position ``index`` (a 0-d tensor) of
         ``idx`` (B, T) at ``input_pos`` (T,), or (B, T) with a position per row; with ``index`` a tensor, prompts
         of any length can be padded to one shape."""
-        return self.head(self.features_at(idx, input_pos, index)[:, 0])
+        return self.logits(self.features_at(idx, input_pos, index)[:, 0])
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``head``'s scores, soft-capped when the config asks: every path from features to logits comes here."""
+        logits = self.head(features)
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def setup_cache(self, batch_size: int) -> None:
         """Allocate what cached decoding (``input_pos``) needs, in the weights' dtype; a no-op for stateless

@@ -184,6 +184,8 @@ class GPT(LanguageModel):
         layers["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(layers)  # in the lecture's order: the same seed, the same initial weights
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+        if config.unet:  # one weight per skip: the first half's outputs, the last half's inputs, mirrored
+            self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         if config.init == "gpt2":
@@ -194,19 +196,32 @@ class GPT(LanguageModel):
         return self.lm_head
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self._embed(idx)  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        x, skips = self._embed(idx), []  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = self._skip(i, block(self._skip(i, x, skips, into=True)), skips)
         return self.transformer.ln_f(x)
 
     def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         # the final block works on one position: past the window, exact decoding recomputes a whole window per
         # token, and this spares it the final block's projection and MLP at every other position
-        x = self._embed(idx, input_pos)  # (B, T, C)
+        x, skips = self._embed(idx, input_pos), []  # (B, T, C)
         *blocks, final = self.transformer.h
-        for block in blocks:
-            x = block(x, input_pos)
+        for i, block in enumerate(blocks):
+            x = self._skip(i, block(self._skip(i, x, skips, into=True), input_pos), skips)
+        x = self._skip(len(blocks), x, skips, into=True)
         return self.transformer.ln_f(final.forward_at(x, input_pos, index))  # (B, 1, C)
+
+    def _skip(self, i: int, x: torch.Tensor, skips: list[torch.Tensor], into: bool = False) -> torch.Tensor:
+        """U-net skips (``config.unet``): the output of block i (of the first half) is kept, and added, weighted,
+        to the input of block n-1-i; ``x`` unchanged without them."""
+        n, half = self.config.n_layer, self.config.n_layer // 2
+        if not self.config.unet:
+            return x
+        if into and i >= n - half:
+            return x + self.skip_weights[i - (n - half)] * skips.pop()
+        if not into and i < half:
+            skips.append(x)
+        return x
 
     def _embed(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         if input_pos is None:
@@ -220,10 +235,11 @@ class GPT(LanguageModel):
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's attention weights (B, nh, T, T) for ``idx`` (B, T), computed as ``forward`` does."""
-        x, maps = self._embed(idx), []
-        for block in self.transformer.h:
+        x, maps, skips = self._embed(idx), [], []
+        for i, block in enumerate(self.transformer.h):
+            x = self._skip(i, x, skips, into=True)
             maps.append(block.attn.weights(block.ln_1(x)))
-            x = block(x)
+            x = self._skip(i, block(x), skips)
         return maps
 
     def flops_per_token(self) -> int:

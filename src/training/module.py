@@ -46,6 +46,8 @@ class CharGPT(L.LightningModule):
         tie_embeddings: bool = False,
         attn_dropout: float | None = None,
         init: Literal[INITS] = "gpt2",
+        logit_softcap: float | None = None,
+        unet: bool = False,
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
@@ -55,6 +57,7 @@ class CharGPT(L.LightningModule):
         beta1: float = 0.9,
         beta2: float = 0.99,
         optimizer: Literal["adamw", "muon"] = "adamw",
+        muon_momentum_warmup: int = 0,
         compile: bool = False,
         init_from: str | None = None,
     ) -> None:
@@ -79,6 +82,10 @@ class CharGPT(L.LightningModule):
             tie_embeddings: the output layer shares the token embedding matrix (not the lecture's).
             attn_dropout: dropout on the attention weights alone; by default the same as dropout (the lecture's).
             init: "gpt2" (GPT-2's, via nanoGPT) or "pytorch" (PyTorch's default, the lecture's).
+            logit_softcap: squash the logits into (-cap, cap) with cap * tanh(logits / cap); null for none (the
+                lecture's).
+            unet: U-net skips: the first half's block outputs also feed the last half's inputs, mirrored, each with
+                a learned weight (modded-nanogpt; not the lecture's).
             learning_rate: peak learning rate, reached after the warmup.
             min_lr: learning rate at the end of the decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.
@@ -91,6 +98,8 @@ class CharGPT(L.LightningModule):
             beta2: AdamW beta2.
             optimizer: "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for embeddings, the output
                 layer, norms and biases, one learning rate and schedule for both.
+            muon_momentum_warmup: steps over which Muon's momentum rises from 0.85 to 0.95 (modded-nanogpt's
+                warm-up); 0 keeps it at 0.95 throughout.
             compile: compile the model in place with torch.compile.
             init_from: a checkpoint whose weights a new fit starts from (fine-tuning): the same architecture, any
                 corpus; optimizer, schedule and step count start afresh.
@@ -101,7 +110,12 @@ class CharGPT(L.LightningModule):
         problems = [f"{k} must be positive, got {v}" for k, v in (("learning_rate", learning_rate),) if v <= 0]
         problems += [
             f"{k} must be 0 or more, got {v}"
-            for k, v in (("min_lr", min_lr), ("warmup_steps", warmup_steps), ("weight_decay", weight_decay))
+            for k, v in (
+                ("min_lr", min_lr),
+                ("warmup_steps", warmup_steps),
+                ("weight_decay", weight_decay),
+                ("muon_momentum_warmup", muon_momentum_warmup),
+            )
             if v < 0
         ]
         problems += [
@@ -156,6 +170,12 @@ class CharGPT(L.LightningModule):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        warmup = self.hparams.muon_momentum_warmup
+        optimizer = self.optimizers().optimizer if warmup else None
+        if isinstance(optimizer, MuonAdamW):  # a function of the step, so a resumed run takes the same steps
+            optimizer.muon.param_groups[0]["momentum"] = 0.85 + 0.10 * min(self.global_step / warmup, 1.0)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

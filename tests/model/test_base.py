@@ -13,11 +13,13 @@ from src.model import GPTConfig, build_model
         ("block_size", -3, "block_size must be a positive integer, got -3"),
         ("dropout", 1.0, "dropout must be in \\[0, 1\\), got 1.0"),
         ("dropout", -0.1, "dropout must be in \\[0, 1\\), got -0.1"),
+        ("logit_softcap", 0.0, "logit_softcap must be positive \\(or null for none\\), got 0.0"),
+        ("unet", True, "unet skips join the first half of the blocks to the last: n_layer must be 2 or more, got 1"),
     ],
 )
 def test_config_errors_name_the_field_and_value(field, value, message):
     with pytest.raises(ValueError, match=message):
-        GPTConfig(**{"n_head": 4, "n_embd": 32, field: value})
+        GPTConfig(**{"n_head": 4, "n_embd": 32, "n_layer": 1, field: value})
 
 
 def test_a_head_count_that_does_not_divide_the_width_is_answered_with_ones_that_do():
