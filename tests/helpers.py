@@ -32,6 +32,7 @@ MODEL_OPTIONS = {
     "init": "pytorch",
     "logit_softcap": 15.0,
     "unet": True,
+    "value_residual": True,
 }
 LECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"

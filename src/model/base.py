@@ -43,6 +43,7 @@ class GPTConfig:
     init: str = "gpt2"  # or "pytorch": PyTorch's default init, the lecture's (configs/lecture/)
     logit_softcap: float | None = None  # logits squashed into (-cap, cap) by cap * tanh(logits / cap) (modded-nanogpt)
     unet: bool = False  # U-net skips: block i's output also feeds block n-1-i's input, with a learned weight each
+    value_residual: bool = False  # each later layer mixes the first layer's values into its own (ResFormer)
 
     def __post_init__(self) -> None:
         problems = [

@@ -56,7 +56,7 @@ class CausalSelfAttention(nn.Module):
     softmax over the past), and the heads' outputs, side by side, are projected back to ``n_embd``. The q, k, v of
     all heads come from one Linear (the lecture's per-head ``key``/``query``/``value`` layers, fused)."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, first: bool = True) -> None:
         super().__init__()
         self.n_head, self.n_embd, self.head_size = config.n_head, config.n_embd, config.head_size
         self.scale = config.head_size**-0.5  # keeps the scores' variance near 1, so the softmax stays soft
@@ -67,14 +67,21 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = BoolMaskDropout(config.dropout)
         self.qk_norm = config.qk_norm
         self.rotary = Rotary(config.head_size, config.block_size) if config.rope else None
+        # value residuals: the first layer hands its values on, each later one takes a learned share of them
+        self.value_mix = nn.Parameter(torch.tensor(0.5)) if config.value_residual and not first else None
         self.kv_cache: KVCache | None = None
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None):
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None, values: list | None = None):
         """q, k, v (B, nh, T, hs) of ``x`` (B, T, C) at ``positions`` (default 0..T-1), which rotary embeddings
-        need."""
+        need; with value residuals, ``values`` holds the first layer's v (this one's, when it is the first)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if values is not None:
+            if self.value_mix is None:
+                values.append(v)
+            else:
+                v = torch.lerp(v, values[0], self.value_mix.to(v.dtype))  # (1 - mix) * v + mix * v1
         if self.qk_norm:
             q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
         if self.rotary is not None:
@@ -99,10 +106,12 @@ class CausalSelfAttention(nn.Module):
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, Tq, Tk)
         return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, values: list | None = None
+    ) -> torch.Tensor:
         """Attention's output (B, T, C) at every position of ``x`` (B, T, C); with ``input_pos`` (T,), the positions
         of ``x`` in a KV cache that holds the earlier ones (see ``GPT.setup_cache``)."""
-        q, k, v = self._qkv(x, input_pos)  # (B, nh, T, hs) each
+        q, k, v = self._qkv(x, input_pos, values)  # (B, nh, T, hs) each
         if input_pos is not None:
             k, v = self._cached(input_pos, k, v)  # (B, nh, block_size, hs): stale slots are masked out
             y = self._weights(q, k, input_pos) @ v
@@ -110,10 +119,12 @@ class CausalSelfAttention(nn.Module):
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale)
         return self._project(y)  # (B, T, C)
 
-    def forward_at(self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+    def forward_at(
+        self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor, values: list | None = None
+    ) -> torch.Tensor:
         """For decoding: attention's output (B, 1, C) at position ``index`` (a 0-d tensor) of ``x`` only, every
         position of ``x`` still written to the cache (if ``input_pos`` is given) as a key and value."""
-        q, k, v = self._qkv(x, input_pos)  # (B, nh, T, hs) each
+        q, k, v = self._qkv(x, input_pos, values)  # (B, nh, T, hs) each
         if input_pos is None:
             input_pos = torch.arange(x.size(1), device=x.device)
         else:
@@ -150,21 +161,25 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Communication (attention) then computation (feed-forward), each as a pre-LayerNorm residual branch."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, first: bool = True) -> None:
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, first)
         self.ln_2 = make_norm(config)
         self.mlp = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos)  # (B, T, C)
+    def forward(
+        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, values: list | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos, values)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_at(self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+    def forward_at(
+        self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor, values: list | None = None
+    ) -> torch.Tensor:
         """For decoding: the block's output (B, 1, C) at position ``index`` only; the other positions still serve
         as keys and values, but nothing reads their outputs."""
-        x = x.index_select(1, index.view(1)) + self.attn.forward_at(self.ln_1(x), input_pos, index)
+        x = x.index_select(1, index.view(1)) + self.attn.forward_at(self.ln_1(x), input_pos, index, values)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -180,7 +195,7 @@ class GPT(LanguageModel):
         layers = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
         if not config.rope:  # rotary embeddings carry the positions instead
             layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        layers["h"] = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        layers["h"] = nn.ModuleList(Block(config, first=i == 0) for i in range(config.n_layer))
         layers["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(layers)  # in the lecture's order: the same seed, the same initial weights
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
@@ -196,20 +211,24 @@ class GPT(LanguageModel):
         return self.lm_head
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
-        x, skips = self._embed(idx), []  # (B, T, C)
+        x, skips, values = self._embed(idx), [], self._values()  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = self._skip(i, block(self._skip(i, x, skips, into=True)), skips)
+            x = self._skip(i, block(self._skip(i, x, skips, into=True), None, values), skips)
         return self.transformer.ln_f(x)
 
     def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         # the final block works on one position: past the window, exact decoding recomputes a whole window per
         # token, and this spares it the final block's projection and MLP at every other position
-        x, skips = self._embed(idx, input_pos), []  # (B, T, C)
+        x, skips, values = self._embed(idx, input_pos), [], self._values()  # (B, T, C)
         *blocks, final = self.transformer.h
         for i, block in enumerate(blocks):
-            x = self._skip(i, block(self._skip(i, x, skips, into=True), input_pos), skips)
+            x = self._skip(i, block(self._skip(i, x, skips, into=True), input_pos, values), skips)
         x = self._skip(len(blocks), x, skips, into=True)
-        return self.transformer.ln_f(final.forward_at(x, input_pos, index))  # (B, 1, C)
+        return self.transformer.ln_f(final.forward_at(x, input_pos, index, values))  # (B, 1, C)
+
+    def _values(self) -> list | None:
+        """Where the first layer leaves its values for the others (``config.value_residual``), else None."""
+        return [] if self.config.value_residual else None
 
     def _skip(self, i: int, x: torch.Tensor, skips: list[torch.Tensor], into: bool = False) -> torch.Tensor:
         """U-net skips (``config.unet``): the output of block i (of the first half) is kept, and added, weighted,
@@ -235,11 +254,11 @@ class GPT(LanguageModel):
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's attention weights (B, nh, T, T) for ``idx`` (B, T), computed as ``forward`` does."""
-        x, maps, skips = self._embed(idx), [], []
+        x, maps, skips, values = self._embed(idx), [], [], self._values()
         for i, block in enumerate(self.transformer.h):
             x = self._skip(i, x, skips, into=True)
             maps.append(block.attn.weights(block.ln_1(x)))
-            x = self._skip(i, block(x), skips)
+            x = self._skip(i, block(x, None, values), skips)
         return maps
 
     def flops_per_token(self) -> int:

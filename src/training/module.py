@@ -48,6 +48,7 @@ class CharGPT(L.LightningModule):
         init: Literal[INITS] = "gpt2",
         logit_softcap: float | None = None,
         unet: bool = False,
+        value_residual: bool = False,
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
@@ -86,6 +87,8 @@ class CharGPT(L.LightningModule):
                 lecture's).
             unet: U-net skips: the first half's block outputs also feed the last half's inputs, mirrored, each with
                 a learned weight (modded-nanogpt; not the lecture's).
+            value_residual: each attention layer after the first mixes the first layer's values into its own, by a
+                learned share (ResFormer, as in modded-nanogpt; not the lecture's).
             learning_rate: peak learning rate, reached after the warmup.
             min_lr: learning rate at the end of the decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.
