@@ -120,6 +120,14 @@ def score_rows(logprobs: torch.Tensor, tokens: list[int], alternatives: list[int
     return out
 
 
+def check_servable(model: LanguageModel) -> None:
+    if not model.has_cache:
+        raise UserError(
+            f"{type(model).__name__} has no KV cache, which continuous batching needs: sample it with "
+            "python -m src.generate (the lecture's staged models are for learning, not serving)"
+        )
+
+
 class Engine:
     """Decodes up to ``max_batch`` completions at once; up to ``max_queue`` more wait their turn."""
 
@@ -134,11 +142,7 @@ class Engine:
     ) -> None:
         if cache not in ("exact", "window"):
             raise ValueError(f"the engine decodes with a cache: exact or window, got {cache!r} (of {CACHE_MODES})")
-        if not model.has_cache:
-            raise UserError(
-                f"{type(model).__name__} has no KV cache, which continuous batching needs: sample it with "
-                "python -m src.generate (the lecture's staged models are for learning, not serving)"
-            )
+        check_servable(model)
         self.model, self.tokenizer, self.sink = model.eval(), tokenizer, sink
         self.max_batch, self.max_queue, self.cache = max_batch, max_queue, cache
         self.window = model.config.block_size

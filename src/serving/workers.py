@@ -25,7 +25,7 @@ import torch
 from src.checkpoints.build import build, describe
 from src.data.tokenizer import Tokenizer
 from src.model import LanguageModel
-from src.serving.engine import Completion, Engine, Event, QueueFull
+from src.serving.engine import Completion, Engine, Event, QueueFull, check_servable
 
 
 class EngineLost(Exception):
@@ -61,6 +61,7 @@ class EnginePool:
     ) -> None:
         if not 1 <= workers <= max_batch:
             raise ValueError(f"workers must be between 1 and max_batch ({max_batch}), got {workers}")
+        check_servable(model)  # here, before any worker starts, so that the refusal reads as it does in-process
         self.sink, self.max_batch, self.max_queue = sink, max_batch, max_queue
         weight = next(model.parameters())
         if weight.device.type != "cpu":

@@ -230,8 +230,9 @@ def test_a_model_without_a_kv_cache_is_refused_by_name():
     from src.model import build_model
 
     model = build_model("lecture_heads", vocab_size=11, block_size=8, n_embd=16, n_head=4, n_layer=1)
-    with pytest.raises(UserError, match="has no KV cache, which continuous batching needs: sample it with"):
-        Engine(model, CharTokenizer("abcdefghijk"), lambda events: None)
+    for kind in (Engine, EnginePool):
+        with pytest.raises(UserError, match="has no KV cache, which continuous batching needs: sample it with"):
+            kind(model, CharTokenizer("abcdefghijk"), lambda events: None)
 
 
 def run(model, completions: list[Completion], kind: str = "thread", **options) -> Collect:
