@@ -192,9 +192,9 @@ def sweep(args, label: str, flags: list[str], logprobs: int | None = None) -> di
         server.close()
 
 
-def engine_alone(args) -> dict[int, float]:
+def engine_alone(args) -> tuple[dict[int, float], str]:
     """The server's engines with no HTTP: the same completions (a newline, ``--tokens`` characters, temperature
-    0.8), ``clients`` at once, with src.serve's default workers and threads: tokens/s for each load."""
+    0.8), ``clients`` at once, with src.serve's default workers and threads: tokens/s for each load, and what ran."""
     import threading
 
     import torch
@@ -208,7 +208,6 @@ def engine_alone(args) -> dict[int, float]:
     defaults = argparse.Namespace(workers=None, threads=None, max_batch=16)
     place_workers(defaults, torch.device("cpu"))
     torch.set_num_threads(defaults.threads)
-    engine_alone.label = f"{defaults.workers} worker process(es) of {defaults.threads} thread(s), as src.serve"
     rates = {}
     for clients in args.clients:
         finished = threading.Semaphore(0)  # released once per completion that ends
@@ -237,7 +236,7 @@ def engine_alone(args) -> dict[int, float]:
             rates[clients] = clients * args.requests * args.tokens / (time.perf_counter() - started)
         finally:
             engine.close()
-    return rates
+    return rates, f"{defaults.workers} worker process(es) of {defaults.threads} thread(s), as src.serve"
 
 
 def soak(args) -> None:
@@ -299,8 +298,8 @@ def main() -> None:
         with_logprobs = sweep(args, f"logprobs {args.logprobs}", [], args.logprobs)
         for c in batched:
             print(f"{c:>2} clients: logprobs {args.logprobs} cost {1 - with_logprobs[c] / batched[c]:.1%} of tokens/s")
-    ceiling = engine_alone(args)
-    print(f"engine alone: {engine_alone.label}")
+    ceiling, what = engine_alone(args)
+    print(f"engine alone: {what}")
     for c in batched:
         rows, clients = ceiling[c] / ceiling[min(ceiling)], batched[c] / batched[min(batched)]
         print(

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(ckpt):
-    live = LiveServer(ckpt, "--max_tokens_cap", "5000")
+    live = LiveServer(ckpt, "--max_tokens_cap", "5000", "--workers", "2")  # worker processes, whatever the cores
     yield live
     live.close()
 
@@ -79,6 +79,8 @@ def test_models_health_metrics_and_the_playground(server):
                  "chargpt_completions_queued", "chargpt_time_to_first_token_seconds_bucket",
                  "chargpt_tokens_per_second"):  # fmt: skip
         assert name in text, name
+    if sys.platform == "linux":  # where prometheus_client reads a process's figures
+        assert "chargpt_worker1_process_cpu_seconds_total" in text
     status, page = server.get("/")
     assert status == 200 and "<textarea" in page and "/v1/completions" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere

@@ -16,7 +16,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def server(ckpt):
-    live = LiveServer(ckpt, "--dtype", "float32")
+    live = LiveServer(ckpt, "--dtype", "float32", "--workers", "1")  # the engine in the server's process
     yield live
     live.close()
 

@@ -24,6 +24,7 @@ The engine runs in a thread of its own, so the model never blocks the server's e
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -269,13 +270,10 @@ class Engine:
                for c in fresh}  # fmt: skip
         with self.changed:
             self._gather(fresh, key=lambda c: len(ids[c]))
-        fresh.sort(key=lambda c: c.slot)
+        fresh.sort(key=lambda c: c.slot)  # and so by length
         logits = []
-        for start in range(len(fresh)):
-            length = len(ids[fresh[start]])
-            if start and len(ids[fresh[start - 1]]) == length:
-                continue
-            group = [c for c in fresh[start:] if len(ids[c]) == length]
+        for length, group in itertools.groupby(fresh, key=lambda c: len(ids[c])):
+            group = list(group)
             self._rows(group[0].slot, group[-1].slot + 1)
             logits.append(self._fill(torch.tensor([ids[c] for c in group], device=self.device)))
             for completion in group:

@@ -63,7 +63,7 @@ class Server:
         options = (model, tokenizer, self.deliver, args.max_batch, args.max_queue, args.cache)
         if args.workers == 1:
             self.engine = Engine(*options)
-        else:  # a worker sends its text every half --stream_interval, sooner for a first token or a finish
+        else:  # a worker sends its text once per --stream_interval, sooner for a first token or a finish
             self.engine = EnginePool(*options, args.workers, args.threads, args.stream_interval)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last rounds, for tokens/s

@@ -190,10 +190,9 @@ class EnginePool:
                 self.sink(events)
 
     def _lost(self, worker: _Worker) -> None:
+        worker.process.join(timeout=5)  # its pipe has closed: it is exiting (outside the lock: submit goes on)
         with self.lock:
             worker.alive = False
-            if worker.process.exitcode is None:
-                worker.process.join(timeout=5)
             failed = f"the worker process decoding it exited (exit code {worker.process.exitcode})"
             lost = list(worker.held.values())
             if not any(w.alive for w in self.workers):
