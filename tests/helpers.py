@@ -33,6 +33,8 @@ MODEL_OPTIONS = {
     "logit_softcap": 15.0,
     "unet": True,
     "value_residual": True,
+    "attn_gate": True,
+    "mtp_weight": 0.5,
 }
 LECTURE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"

@@ -44,6 +44,8 @@ class GPTConfig:
     logit_softcap: float | None = None  # logits squashed into (-cap, cap) by cap * tanh(logits / cap) (modded-nanogpt)
     unet: bool = False  # U-net skips: block i's output also feeds block n-1-i's input, with a learned weight each
     value_residual: bool = False  # each later layer mixes the first layer's values into its own (ResFormer)
+    attn_gate: bool = False  # each head's output scaled by a sigmoid gate computed from the layer's input
+    mtp_weight: float = 0.0  # weight of an auxiliary loss on the token after next, from a head of its own; 0: none
 
     def __post_init__(self) -> None:
         problems = [
@@ -65,6 +67,8 @@ class GPTConfig:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.logit_softcap is not None and not self.logit_softcap > 0:
             problems.append(f"logit_softcap must be positive (or null for none), got {self.logit_softcap!r}")
+        if not self.mtp_weight >= 0:
+            problems.append(f"mtp_weight must be 0 (no auxiliary head) or more, got {self.mtp_weight!r}")
         if self.unet and not problems and self.n_layer < 2:
             problems.append(f"unet skips join the first half of the blocks to the last: n_layer must be 2 or more, "
                             f"got {self.n_layer}")  # fmt: skip
@@ -109,6 +113,12 @@ class LanguageModel(nn.Module):
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))  # over (B*T, V)
+
+    def objective(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For training: the loss ``forward`` reports, and what the optimizer minimises (the same, unless the
+        model adds an auxiliary loss)."""
+        _, loss = self(idx, targets)
+        return loss, loss
 
     def next_logits(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         """For decoding (``src.generation.decoding``): the logits (B, V) after position ``index`` (a 0-d tensor) of

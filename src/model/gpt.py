@@ -69,6 +69,8 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(config.head_size, config.block_size) if config.rope else None
         # value residuals: the first layer hands its values on, each later one takes a learned share of them
         self.value_mix = nn.Parameter(torch.tensor(0.5)) if config.value_residual and not first else None
+        # attention gate: a share in (0, 1) of each head's output, per position, from what the layer reads
+        self.gate = nn.Linear(config.n_embd, config.n_head, bias=False) if config.attn_gate else None
         self.kv_cache: KVCache | None = None
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None, values: list | None = None):
@@ -117,7 +119,7 @@ class CausalSelfAttention(nn.Module):
             y = self._weights(q, k, input_pos) @ v
         else:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale)
-        return self._project(y)  # (B, T, C)
+        return self._project(y, x)  # (B, T, C)
 
     def forward_at(
         self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor, values: list | None = None
@@ -130,16 +132,21 @@ class CausalSelfAttention(nn.Module):
         else:
             k, v = self._cached(input_pos, k, v)
         q, query_pos = q.index_select(2, index.view(1)), input_pos.index_select(-1, index.view(1))  # (B, nh, 1, hs)
-        return self._project(self._weights(q, k, query_pos) @ v)  # (B, 1, C)
+        y = self._weights(q, k, query_pos) @ v  # (B, nh, 1, hs)
+        return self._project(y, x.index_select(1, index.view(1)))  # (B, 1, C)
 
     def _cached(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         if self.kv_cache is None:
             raise RuntimeError("input_pos needs a KV cache: call model.setup_cache(batch_size) first")
         return self.kv_cache.update(input_pos, k, v)  # (B, nh, block_size, hs) each
 
-    def _project(self, y: torch.Tensor) -> torch.Tensor:
+    def _project(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs ``y`` (B, nh, T, hs) at the positions of ``x`` (B, T, C), side by side and projected."""
         B, nh, T, hs = y.shape
-        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # heads side by side again: (B, T, C)
+        y = y.transpose(1, 2)  # (B, T, nh, hs)
+        if self.gate is not None:
+            y = y * torch.sigmoid(self.gate(x)).unsqueeze(-1)  # (B, T, nh, 1): one share per head and position
+        y = y.contiguous().view(B, T, nh * hs)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -187,7 +194,13 @@ class GPT(LanguageModel):
     """The lecture's decoder-only transformer: token plus position embeddings, ``n_layer`` blocks of attention and
     feed-forward, a final LayerNorm and a Linear head that scores every token of the vocabulary as the next one."""
 
-    vocab_axes = {"transformer.wte.weight": (0,), "lm_head.weight": (0,), "lm_head.bias": (0,)}
+    vocab_axes = {
+        "transformer.wte.weight": (0,),
+        "lm_head.weight": (0,),
+        "lm_head.bias": (0,),
+        "mtp_head.weight": (0,),
+        "mtp_head.bias": (0,),
+    }
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -199,6 +212,8 @@ class GPT(LanguageModel):
         layers["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(layers)  # in the lecture's order: the same seed, the same initial weights
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+        if config.mtp_weight:  # multi-token prediction: a second head scores the token after next, for training
+            self.mtp_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
         if config.unet:  # one weight per skip: the first half's outputs, the last half's inputs, mirrored
             self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         if config.tie_embeddings:
@@ -215,6 +230,18 @@ class GPT(LanguageModel):
         for i, block in enumerate(self.transformer.h):
             x = self._skip(i, block(self._skip(i, x, skips, into=True), None, values), skips)
         return self.transformer.ln_f(x)
+
+    def objective(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With ``mtp_weight``, the next-token loss plus that weight times the loss of ``mtp_head`` predicting each
+        position's token after next (``targets`` shifted by one) from the same features."""
+        if not self.config.mtp_weight:
+            return super().objective(idx, targets)
+        features = self.features(idx)  # (B, T, C)
+        logits = self.logits(features)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        after_next = self.mtp_head(features[:, :-1])  # (B, T-1, V): position t scores token t+2
+        aux = F.cross_entropy(after_next.reshape(-1, after_next.size(-1)), targets[:, 1:].reshape(-1))
+        return loss, loss + self.config.mtp_weight * aux
 
     def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         # the final block works on one position: past the window, exact decoding recomputes a whole window per

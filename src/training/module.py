@@ -24,7 +24,7 @@ from src.generation.decoding import generate
 from src.model import LanguageModel
 from src.model.base import ACTIVATIONS, INITS, NORMS
 from src.model.registry import ModelType
-from src.training.optim import MuonAdamW, adamw, hidden_matrices, warmup_decay
+from src.training.optim import LR_SCALES, MuonAdamW, adamw, hidden_matrices, warmup_decay
 
 
 class CharGPT(L.LightningModule):
@@ -49,12 +49,17 @@ class CharGPT(L.LightningModule):
         logit_softcap: float | None = None,
         unet: bool = False,
         value_residual: bool = False,
+        attn_gate: bool = False,
+        mtp_weight: float = 0.0,
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
         lr_decay_steps: int | None = None,
-        lr_schedule: Literal["cosine", "linear"] = "cosine",
+        lr_schedule: Literal["cosine", "linear", "wsd"] = "cosine",
+        cooldown_fraction: float = 0.4,
+        lr_scales: dict[str, float] | None = None,
         weight_decay: float = 0.1,
+        cautious_weight_decay: bool = False,
         beta1: float = 0.9,
         beta2: float = 0.99,
         optimizer: Literal["adamw", "muon"] = "adamw",
@@ -89,14 +94,26 @@ class CharGPT(L.LightningModule):
                 a learned weight (modded-nanogpt; not the lecture's).
             value_residual: each attention layer after the first mixes the first layer's values into its own, by a
                 learned share (ResFormer, as in modded-nanogpt; not the lecture's).
+            attn_gate: scale each head's output by a sigmoid gate computed from the layer's input, per position
+                (gated attention, as in modded-nanogpt and Qwen; not the lecture's).
+            mtp_weight: multi-token prediction: a second output layer predicts the token after next, and its loss,
+                times this weight, joins the training loss (the logged train_loss and val_loss stay the next
+                token's); 0 builds no such layer (not the lecture's).
             learning_rate: peak learning rate, reached after the warmup.
             min_lr: learning rate at the end of the decay; equal to learning_rate for a constant rate.
             warmup_steps: steps of linear warmup.
             lr_decay_steps: the step at which the decay reaches min_lr (nanoGPT's lr_decay_iters); defaults to
                 trainer.max_steps.
-            lr_schedule: the decay's shape after the warmup: "cosine" (nanoGPT's) or "linear" (a straight line to
-                min_lr).
+            lr_schedule: the decay's shape after the warmup: "cosine" (nanoGPT's), "linear" (a straight line to
+                min_lr) or "wsd" (warmup-stable-decay: the peak rate, then a straight line to min_lr over the last
+                cooldown_fraction of the steps).
+            cooldown_fraction: the share of the steps that "wsd" decays over.
+            lr_scales: learning rates per kind of parameter, as multiples of the schedule's: any of "embedding",
+                "head" (the output layer), "matrices" (the blocks' weights: Muon's, with optimizer muon) and
+                "scalars" (biases, norm gains and other 1-D weights), e.g. {embedding: 10}; null: one rate for all.
             weight_decay: AdamW weight decay of matrices and embeddings (never of biases and norms).
+            cautious_weight_decay: with optimizer muon, decay the blocks' weights only where the update moves them
+                towards zero too (cautious weight decay, Chen et al. 2025); AdamW's parameters decay as usual.
             beta1: AdamW beta1.
             beta2: AdamW beta2.
             optimizer: "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for embeddings, the output
@@ -124,6 +141,12 @@ class CharGPT(L.LightningModule):
         problems += [
             f"{k} must be in [0, 1), got {v}" for k, v in (("beta1", beta1), ("beta2", beta2)) if not 0 <= v < 1
         ]
+        if not 0 < cooldown_fraction <= 1:
+            problems.append(f"cooldown_fraction must be in (0, 1], got {cooldown_fraction}")
+        problems += [
+            f"lr_scales has {k!r}: use {', '.join(LR_SCALES)}" for k in (lr_scales or {}) if k not in LR_SCALES
+        ]
+        problems += [f"lr_scales.{k} must be positive, got {v}" for k, v in (lr_scales or {}).items() if not v > 0]
         if problems:
             raise UserError("invalid model settings: " + "; ".join(f"--model.{p}" for p in problems))
         self.save_hyperparameters()
@@ -182,12 +205,12 @@ class CharGPT(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        _, loss = self.model(x, y)
+        loss, objective = self.model.objective(x, y)  # the same, unless the model adds an auxiliary loss
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # only on the steps the logger writes (what Lightning would drop anyway): self.log costs a noticeable
             # share of a small model's CPU step (docs/performance.md, Lightning overhead)
             self.log("train_loss", loss, prog_bar=True)
-        return loss
+        return objective
 
     def on_validation_start(self) -> None:
         self._float32_metrics()
@@ -232,10 +255,14 @@ class CharGPT(L.LightningModule):
         # as the fused AdamW does: fall back to the foreach kernel there
         mixed = str(self.trainer.precision).endswith("mixed")
         fused = not (mixed and self.trainer.gradient_clip_val)
-        build = MuonAdamW if hp.optimizer == "muon" and hidden_matrices(self.model) else adamw
-        optimizer = build(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused=fused)
+        betas, scales = (hp.beta1, hp.beta2), hp.lr_scales
+        if hp.optimizer == "muon" and hidden_matrices(self.model):
+            cautious = hp.cautious_weight_decay
+            optimizer = MuonAdamW(self.model, hp.learning_rate, hp.weight_decay, betas, fused, scales, cautious)
+        else:
+            optimizer = adamw(self.model, hp.learning_rate, hp.weight_decay, betas, fused, scales)
         total = hp.lr_decay_steps or self.trainer.max_steps
-        scheduler = warmup_decay(optimizer, hp.warmup_steps, total, hp.min_lr, hp.lr_schedule)
+        scheduler = warmup_decay(optimizer, hp.warmup_steps, total, hp.min_lr, hp.lr_schedule, hp.cooldown_fraction)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def sample(self, prompt: str, max_new_tokens: int, generator: torch.Generator | None = None, **options) -> str:

@@ -128,3 +128,33 @@ def test_attn_dropout_zero_keeps_the_attention_weights_whole_while_the_residual_
     assert not torch.equal(attention.train()(x), attention.eval()(x))  # the residual branch still drops
     both = CausalSelfAttention(GPTConfig(**{**config.__dict__, "attn_dropout": None}))
     assert both.dropout == 0.5  # unset: the lecture's one dropout everywhere
+
+
+def test_multi_token_prediction_adds_the_token_after_next_to_the_objective_only():
+    idx, targets = torch.randint(0, 11, (2, 16)), torch.randint(0, 11, (2, 16))
+    plain = tiny_gpt()
+    loss, objective = plain.objective(idx, targets)
+    assert not hasattr(plain, "mtp_head") and objective is loss
+    model = tiny_gpt(mtp_weight=0.5)
+    loss, objective = model.objective(idx, targets)
+    assert torch.equal(loss, model(idx, targets)[1])  # what train_loss and val_loss report: the next token's
+    after_next = model.mtp_head(model.features(idx))[:, :-1]  # position t scores token t + 2, which is targets[t + 1]
+    aux = F.cross_entropy(after_next.reshape(-1, 11), targets[:, 1:].reshape(-1))
+    torch.testing.assert_close(objective, loss + 0.5 * aux)
+    objective.backward()
+    assert model.mtp_head.weight.grad.abs().sum() > 0
+
+
+def test_the_attention_gate_scales_each_heads_output():
+    model = tiny_gpt(attn_gate=True)
+    attn, x = model.transformer.h[0].attn, torch.rand(2, 16, 16) + 0.1  # positive: a negative weight shuts the gate
+    with torch.no_grad():
+        attn.gate.weight.zero_()  # sigmoid(0): every head at half its output
+        half = attn(x)
+        attn.gate.weight.fill_(-1e4)  # every gate shut: only the projection's bias is left
+        shut = attn(x)
+        attn.gate = None
+        whole = attn(x)
+    bias = attn.c_proj.bias
+    torch.testing.assert_close(half - bias, 0.5 * (whole - bias))
+    torch.testing.assert_close(shut, bias.expand_as(shut))

@@ -66,5 +66,9 @@ def test_optimizer_and_schedule(precision, clip, fused):
 def test_bad_settings_name_the_option():
     with pytest.raises(UserError, match="--model.learning_rate must be positive, got 0.*--model.beta2"):
         module(learning_rate=0, beta2=1.0)
+    with pytest.raises(UserError, match="lr_scales has 'embeddings': use embedding, head, matrices, scalars"):
+        module(lr_scales={"embeddings": 10.0})
+    with pytest.raises(UserError, match="cooldown_fraction must be in \\(0, 1\\], got 0.*lr_scales.head must be pos"):
+        module(cooldown_fraction=0, lr_scales={"head": 0})
     with pytest.raises(UserError, match="model.vocab is empty"):
         CharGPT(vocab="")

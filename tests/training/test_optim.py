@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from src.model import GPT, GPTConfig
-from src.training.optim import Muon, MuonAdamW, adamw, param_groups, warmup_decay
+from src.training.optim import Muon, MuonAdamW, adamw, decay, param_groups, warmup_decay
 
 
 def model() -> GPT:
@@ -54,8 +54,16 @@ def test_warmup_then_a_straight_line_to_min_lr_and_to_zero():
     assert lrs(warmup=10, total=110, min_lr=0.0, shape="linear")[110] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_warmup_stable_decay_holds_the_peak_then_falls_in_a_line_over_the_cooldown():
+    curve = lrs(warmup=10, total=110, shape="wsd")  # cooldown 0.4 of 110 steps: the last 44
+    assert curve[10] == curve[66] == pytest.approx(1e-3)
+    assert curve[88] == pytest.approx(1e-3 - 0.5 * (1e-3 - 1e-4))
+    assert curve[110] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(curve[10:], curve[11:]))
+
+
 def test_an_unknown_decay_shape_is_refused():
-    with pytest.raises(ValueError, match="'cosine' or 'linear'"):
+    with pytest.raises(ValueError, match="'cosine', 'linear' or 'wsd'"):
         lrs(warmup=10, total=110, shape="step")
 
 
@@ -120,3 +128,51 @@ def test_batched_muon_takes_torchs_steps_and_shares_its_state(nesterov):
         for p, q in zip(ours, theirs):
             torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
     assert a.state_dict()["state"].keys() == b.state_dict()["state"].keys()
+
+
+def first_step(m: GPT, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """How far one step moves each parameter at most, by name."""
+    torch.manual_seed(0)  # the same dropout masks for every model
+    before = {name: p.detach().clone() for name, p in m.named_parameters()}
+    m(torch.arange(8).view(1, 8) % 11, torch.arange(1, 9).view(1, 8) % 11)[1].backward()
+    optimizer.step()
+    return {name: (p - before[name]).abs().max().item() for name, p in m.named_parameters()}
+
+
+def test_learning_rates_per_kind_of_parameter_scale_each_groups_step_and_leave_the_schedule():
+    m = model()
+    groups = param_groups(m, 0.1, {"embedding": 10.0})
+    assert [g["name"] for g in groups] == ["embedding", "head", "matrices", "scalars"]
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in m.parameters())
+    assert {id(p) for p in groups[0]["params"]} == {id(m.transformer.wte.weight), id(m.transformer.wpe.weight)}
+    assert [id(p) for p in groups[1]["params"]] == [id(m.lm_head.weight)]
+    assert [g["lr_scale"] for g in groups] == [10.0, 1.0, 1.0, 1.0] and groups[3]["weight_decay"] == 0.0
+    scales = {"embedding": 10.0, "head": 0.5}
+    optimizer = adamw(m, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99), lr_scales=scales)
+    moved = first_step(m, optimizer)  # Adam's first step moves each entry with a gradient by its learning rate
+    assert moved["transformer.wpe.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["lm_head.weight"] == pytest.approx(5e-4, rel=1e-3)
+    assert moved["transformer.h.0.mlp.c_fc.weight"] == pytest.approx(1e-3, rel=1e-3)
+    assert all(g["lr"] == 1e-3 for g in optimizer.param_groups)  # the schedule's rate, as logged
+
+
+def test_muons_rate_scales_too():
+    torch.manual_seed(0)
+    a, b = model(), model()
+    b.load_state_dict(a.state_dict())
+    scaled = MuonAdamW(a, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), fused=True, lr_scales={"matrices": 2.0})
+    doubled = MuonAdamW(b, lr=2e-3, weight_decay=0.1, betas=(0.9, 0.99), fused=True)
+    first_step(a, scaled), first_step(b, doubled)
+    matrix = "transformer.h.1.attn.c_attn.weight"
+    torch.testing.assert_close(a.get_parameter(matrix), b.get_parameter(matrix))
+    assert not torch.equal(a.transformer.wte.weight, b.transformer.wte.weight)  # AdamW's kept the schedule's rate
+
+
+def test_cautious_weight_decay_spares_the_entries_the_update_pushes_away_from_zero():
+    p = nn.Parameter(torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
+    update = torch.tensor([[[1.0, 1.0], [-1.0, -1.0]]])  # stacked as Muon's (N, A, B); subtracted from p
+    with torch.no_grad():
+        decay([p], update, 0.1, cautious=True)
+        assert torch.equal(p, torch.tensor([[0.9, -1.0], [1.0, -0.9]]))
+        decay([p], update, 0.5, cautious=False)
+        assert torch.equal(p, torch.tensor([[0.45, -0.5], [0.5, -0.45]]))
