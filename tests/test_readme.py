@@ -3,6 +3,7 @@ tags its table names are the tags a run of the default config writes."""
 
 import re
 import shlex
+from dataclasses import fields
 
 import pytest
 import yaml
@@ -94,7 +95,7 @@ def test_the_tag_table_names_what_a_default_config_run_writes(workdir, tiny_corp
 def test_the_quick_start_states_the_default_configs_size_steps_and_sample_interval():
     config = yaml.safe_load((REPO / "configs/shakespeare_char.yaml").read_text(encoding="utf-8"))
     size, steps = re.search(r"trains a ([\d.]+)M-parameter\s+GPT for ([\d,]+) steps", README).groups()
-    shape = {key: config["model"][key] for key in ("n_layer", "n_head", "n_embd")}
+    shape = {f.name: config["model"][f.name] for f in fields(GPTConfig) if f.name in config["model"]}  # options too
     shape["block_size"] = config["data"]["block_size"]
     model = GPT(GPTConfig(vocab_size=65, **shape))  # tiny-shakespeare's 65 characters
     assert f"{model.num_params() / 1e6:.1f}" == size
