@@ -114,10 +114,10 @@ def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged(ki
         stays = Completion([1, 2, 3], 200, 5, Sampling(0.8), tag="stays")
         engine.submit([leaves, stays])
         assert seen.wait(30)
-        engine.cancel(leaves)
         waiting = Completion([2], 5, 9, Sampling(0.0), tag="waiting")
-        engine.submit([waiting])
+        engine.submit([waiting])  # both slots are taken: it waits
         engine.cancel(waiting)  # cancelled before it had a slot: it leaves the queue at once
+        engine.cancel(leaves)
         while stays.finish_reason is None:
             threading.Event().wait(0.01)
     finally:
