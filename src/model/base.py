@@ -110,9 +110,7 @@ class LanguageModel(nn.Module):
         """The lecture's contract: logits (B, T, V) for every position of ``idx`` (B, T), and the mean
         cross-entropy against ``targets`` (B, T) when they are given (positions marked -100 do not count)."""
         logits = self.logits(self.features(idx))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))  # over (B*T, V)
+        return logits, None if targets is None else token_loss(logits, targets)
 
     def objective(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For training: the loss ``forward`` reports, and what the optimizer minimises (the same, unless the
@@ -156,6 +154,12 @@ class LanguageModel(nn.Module):
     def token_embeddings(self) -> torch.Tensor:
         """(V, d): the learned vector of each token."""
         raise NotImplementedError
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy of ``logits`` (B, T, V) against ``targets`` (B, T), over every position (B*T rows);
+    targets of -100 do not count."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def gpt2_init(model: nn.Module, is_residual_projection) -> None:

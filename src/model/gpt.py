@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from src.model.base import GPTConfig, LanguageModel, gpt2_init
+from src.model.base import GPTConfig, LanguageModel, gpt2_init, token_loss
 from src.model.dropout import BoolMaskDropout, causal_attention
 from src.model.kv_cache import KVCache
 
@@ -237,11 +237,9 @@ class GPT(LanguageModel):
         if not self.config.mtp_weight:
             return super().objective(idx, targets)
         features = self.features(idx)  # (B, T, C)
-        logits = self.logits(features)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-        after_next = self.mtp_head(features[:, :-1])  # (B, T-1, V): position t scores token t+2
-        aux = F.cross_entropy(after_next.reshape(-1, after_next.size(-1)), targets[:, 1:].reshape(-1))
-        return loss, loss + self.config.mtp_weight * aux
+        loss = token_loss(self.logits(features), targets)
+        after_next = token_loss(self.mtp_head(features[:, :-1]), targets[:, 1:])  # position t scores token t+2
+        return loss, loss + self.config.mtp_weight * after_next
 
     def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         # the final block works on one position: past the window, exact decoding recomputes a whole window per

@@ -68,8 +68,8 @@ def adamw(
 ) -> torch.optim.AdamW:
     """AdamW over ``param_groups``. The fused kernel updates every tensor in one pass, cheaper than the default
     foreach path on a CPU (docs/performance.md) and one launch on CUDA."""
-    groups = param_groups(model, weight_decay, lr_scales)
-    return ScaledAdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    build = ScaledAdamW if lr_scales else torch.optim.AdamW  # without scales, torch's own step
+    return build(param_groups(model, weight_decay, lr_scales), lr=lr, betas=betas, fused=fused or None)
 
 
 def warmup_decay(
@@ -218,7 +218,8 @@ class MuonAdamW(torch.optim.Optimizer):
             for g in param_groups(model, weight_decay, lr_scales)
         ]
         groups = [g for g in others if g["params"]]
-        self.adamw = ScaledAdamW(groups, lr=lr, betas=betas, fused=fused or None)
+        build = ScaledAdamW if lr_scales else torch.optim.AdamW  # without scales, torch's own step
+        self.adamw = build(groups, lr=lr, betas=betas, fused=fused or None)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
 
     @torch.no_grad()
