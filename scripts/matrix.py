@@ -38,7 +38,7 @@ FLOORS = {
     "tensorboard": "2.21.0",
     "jsonargparse": "4.39.0",
     "numpy": "1.24.0",
-    "matplotlib": "3.7.0",
+    "pillow": "10.1.0",
     "safetensors": "0.4.0",
     "fastapi": "0.110.0",
     "uvicorn": "0.29.0",

@@ -10,11 +10,11 @@ import unicodedata
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from src.errors import UserError
+from src.training.heatmaps import heads_image
 
 HP_METRICS = ("best_val_loss", "final_val_loss", "tokens_per_sec")
 # what tells runs apart; where the corpus is cached, or how many workers load it, does not
@@ -98,7 +98,7 @@ class AttentionMaps(L.Callback):
         per layer (``attention/layer_N``), the heads as a grid, the prompt's characters along both axes.
 
         Args:
-            enabled: set false to skip the images (about half a second to a second per layer at each validation).
+            enabled: set false to skip the images.
             prompt_chars: how many characters of the validation text the maps show (at most block_size).
             every_n_steps: draw only at the validations whose step is a multiple of this (null: at every one).
         """
@@ -125,42 +125,9 @@ class AttentionMaps(L.Callback):
         finally:
             model.train(was_training)
         for layer, weights in enumerate(maps):
-            figure = heads_figure(weights[0].float().cpu(), ticks, f"layer {layer}, step {trainer.global_step}")
+            image = heads_image(weights[0].float().cpu(), ticks, f"layer {layer}, step {trainer.global_step}")
             for logger in tensorboards(trainer):
-                logger.experiment.add_figure(f"attention/layer_{layer}", figure, trainer.global_step, close=False)
-            figure.clf()
-
-
-def heads_figure(weights: torch.Tensor, ticks: list[str], title: str):
-    """A grid of heatmaps, one per head of ``weights`` (nh, T, T): rows are queries, columns the keys they read, each
-    axis labelled with the prompt's characters."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render to memory
-    from matplotlib.figure import Figure
-
-    heads, n = weights.size(0), len(ticks)
-    cols = math.ceil(math.sqrt(heads))
-    rows = math.ceil(heads / cols)
-    width, height = 4.2 * cols, 4.2 * rows + 0.4
-    figure = Figure(figsize=(width, height), dpi=100)
-    for h in range(heads):
-        ax = figure.add_subplot(rows, cols, h + 1)
-        ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"head {h}", fontsize=9)
-        # characters as plain text, not tick labels: matplotlib's ticks cost several times as much to build and
-        # render, at every validation of every layer (docs/experiments.md)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for i, tick in enumerate(ticks):
-            ax.text(i, n - 0.3, tick, fontsize=4, rotation=90, ha="center", va="top")
-            ax.text(-0.7, i, tick, fontsize=4, ha="right", va="center")
-    figure.suptitle(f"attention weights, {title}\n(row: query, column: key)", fontsize=10)
-    # margins in inches, so that the labels and the title fit a grid of any size
-    figure.subplots_adjust(
-        left=0.25 / width, right=1 - 0.05 / width, bottom=0.25 / height, top=1 - 0.75 / height, wspace=0.1, hspace=0.15
-    )
-    return figure
+                logger.experiment.add_image(f"attention/layer_{layer}", image, trainer.global_step, dataformats="HWC")
 
 
 class Embeddings(L.Callback):
