@@ -21,8 +21,8 @@ def cell_pixels(n: int) -> int:
 
 
 def colours(weights: torch.Tensor) -> np.ndarray:
-    """``weights`` (..., in [0, 1]) as viridis RGB bytes (..., 3)."""
-    w = weights.clamp(0, 1).numpy().astype(np.float64) * (len(VIRIDIS) - 1)
+    """``weights`` (..., in [0, 1]) as viridis RGB bytes (..., 3); NaN (a diverged run's) as 0, not an error."""
+    w = weights.nan_to_num(0.0).clamp(0, 1).numpy().astype(np.float64) * (len(VIRIDIS) - 1)
     low = np.minimum(np.floor(w).astype(int), len(VIRIDIS) - 2)
     frac = (w - low)[..., None]
     return np.rint(VIRIDIS[low] * (1 - frac) + VIRIDIS[low + 1] * frac).astype(np.uint8)

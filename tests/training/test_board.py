@@ -63,6 +63,12 @@ def test_each_heads_map_shows_its_weights_with_the_prompts_characters_along_both
     assert len(seen) == 2 * heads  # each map's row 1 and column 1
 
 
+def test_a_diverged_runs_maps_are_drawn_not_raised():
+    weights = torch.full((2, 4, 4), float("nan"))
+    image = heads_image(weights, list("abcd"), "layer 0, step 5")
+    assert (image.reshape(-1, 3) == VIRIDIS[0]).all(-1).sum() == 2 * 16 * cell_pixels(4) ** 2  # drawn as weight 0
+
+
 def test_a_run_shows_hparams_attention_embeddings_and_readable_curves(workdir, tiny_corpus):
     main(["fit", *tiny_args(tiny_corpus, max_steps=20)])
     run = workdir / "lightning_logs" / "t"
