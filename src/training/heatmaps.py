@@ -1,6 +1,6 @@
 """Attention maps as images: each head's weights as a heat map, the prompt's characters along both axes, drawn with
-Pillow straight into pixels. matplotlib drew the same grid in ~0.3 s per layer, ~1.5 s of every validation of the
-default config; this takes a few milliseconds (docs/experiments.md)."""
+Pillow straight into pixels: matplotlib's figures of the same grid made up most of a validation's cost, at every
+validation of a run (docs/experiments.md measures both)."""
 
 from __future__ import annotations
 
