@@ -65,11 +65,18 @@ def adamw(
     betas: tuple[float, float],
     fused: bool = True,
     lr_scales: dict[str, float] | None = None,
+    skip: list[nn.Parameter] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``. The fused kernel updates every tensor in one pass, cheaper than the default
-    foreach path on a CPU (docs/performance.md) and one launch on CUDA."""
+    """AdamW over ``param_groups``, less the parameters in ``skip`` (another optimizer's; groups left empty are
+    dropped). The fused kernel updates every tensor in one pass, cheaper than the default foreach path on a CPU
+    (docs/performance.md) and one launch on CUDA."""
+    groups = param_groups(model, weight_decay, lr_scales)
+    if skip:
+        ids = {id(p) for p in skip}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+        groups = [g for g in groups if g["params"]]
     build = ScaledAdamW if lr_scales else torch.optim.AdamW  # without scales, torch's own step
-    return build(param_groups(model, weight_decay, lr_scales), lr=lr, betas=betas, fused=fused or None)
+    return build(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def warmup_decay(
@@ -205,7 +212,6 @@ class MuonAdamW(torch.optim.Optimizer):
         cautious_weight_decay: bool = False,
     ):
         matrices = hidden_matrices(model)
-        ids = {id(p) for p in matrices}
         # match_rms_adamw scales Muon's update to AdamW's size, so one learning rate and schedule serve both
         self.muon = Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
         self.muon.param_groups[0]["name"] = "muon"
@@ -213,13 +219,7 @@ class MuonAdamW(torch.optim.Optimizer):
             self.muon.param_groups[0]["lr_scale"] = lr_scales.get("matrices", 1.0)
         if cautious_weight_decay:
             self.muon.param_groups[0]["cautious"] = True
-        others = [
-            {**g, "params": [p for p in g["params"] if id(p) not in ids]}
-            for g in param_groups(model, weight_decay, lr_scales)
-        ]
-        groups = [g for g in others if g["params"]]
-        build = ScaledAdamW if lr_scales else torch.optim.AdamW  # without scales, torch's own step
-        self.adamw = build(groups, lr=lr, betas=betas, fused=fused or None)
+        self.adamw = adamw(model, lr, weight_decay, betas, fused, lr_scales, skip=matrices)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
 
     @torch.no_grad()
