@@ -14,7 +14,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from src.errors import UserError
-from src.training.heatmaps import heads_image
 
 HP_METRICS = ("best_val_loss", "final_val_loss", "tokens_per_sec")
 # what tells runs apart; where the corpus is cached, or how many workers load it, does not
@@ -124,8 +123,10 @@ class AttentionMaps(L.Callback):
             maps = model.attention_maps(idx)
         finally:
             model.train(was_training)
+        from src.training.heatmaps import heads_image  # Pillow, imported only by a run that draws
+
         for layer, weights in enumerate(maps):
-            image = heads_image(weights[0].float().cpu(), ticks, f"layer {layer}, step {trainer.global_step}")
+            image = heads_image(weights[0].cpu(), ticks, f"layer {layer}, step {trainer.global_step}")
             for logger in tensorboards(trainer):
                 logger.experiment.add_image(f"attention/layer_{layer}", image, trainer.global_step, dataformats="HWC")
 
