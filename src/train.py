@@ -11,6 +11,7 @@ import torch
 from src import entry_point
 from src.errors import UserError
 from src.training.cli import build_cli, notice, resume_command, with_default_config
+from src.training.divergence import EXIT_DIVERGED, Diverged
 from src.training.last_checkpoint import TrainingInterrupted
 
 
@@ -26,6 +27,10 @@ def main(args: list[str] | None = None) -> None:
         except UserError as err:
             notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
             sys.exit(2)
+        except Diverged as stop:  # every rank gets here: rank 0 says it
+            argv = sys.argv[1:] if args is None else args
+            notice(stop.report(lambda change: resume_command(argv, change=change)))
+            sys.exit(EXIT_DIVERGED)
         except TrainingInterrupted as stop:
             if stop.step is None:
                 notice(f"chargpt: {stop}; the previous last.ckpt, if any, is intact")

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import lightning as L
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,29 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "src.train", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Poison(L.Callback):
+    """A provoked divergence or spike: at step ``step`` (on rank ``rank``) the model's logits are multiplied by
+    ``factor`` (nan: a non-finite loss; 1e3: a finite spike), once. Passed to a run with ``poison(...)``."""
+
+    def __init__(self, step: int, factor: float, rank: int = 0) -> None:
+        self.step, self.factor, self.rank = step, factor, rank
+        self._hook = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            self._hook = pl_module.model.lm_head.register_forward_hook(lambda m, i, out: out * self.factor)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+def poison(step: int, factor: float, rank: int = 0) -> str:
+    spec = {"class_path": "tests.helpers.Poison", "init_args": {"step": step, "factor": factor, "rank": rank}}
+    return "--trainer.callbacks+=" + json.dumps(spec).replace("NaN", ".nan")  # YAML's NaN, which the CLI parses
 
 
 class RunsCode:

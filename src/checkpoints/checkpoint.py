@@ -103,7 +103,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} is not a chargpt checkpoint (it has no '{CHECKPOINT_KEY}' entry): "
             f"pass a checkpoint written by `python -m src.train fit`"
         )
+    refuse_nonfinite(ckpt["state_dict"], path)
     return ckpt
+
+
+def first_nonfinite(state_dict: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor in ``state_dict`` holding a NaN or an infinity, or None."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def refuse_nonfinite(state_dict: dict[str, Any], path: Path) -> None:
+    """Every reader's refusal of a model that diverged (chargpt writes none since; older runs could)."""
+    name = first_nonfinite(state_dict)
+    if name is None:
+        return
+    others = sorted(p.name for p in path.parent.glob("best-*.ckpt") if p.name != path.name) if path.is_file() else []
+    instead = f"; try {others[-1]} beside it" if others else ""
+    raise UserError(f"{path} has non-finite weights (first: {name}): it was saved by a run that diverged{instead}")
 
 
 def readable_checkpoints(folder: Path, but: Path | None = None) -> list[tuple[int, Path]]:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from src.checkpoints.build import build, describe
+from src.checkpoints.checkpoint import refuse_nonfinite
 from src.data.tokenizer import Tokenizer
 from src.errors import UserError
 from src.model import LanguageModel
@@ -47,6 +48,7 @@ def from_pretrained(folder: str | Path, device: str = "cpu") -> tuple[LanguageMo
         ) from None
     if config.get("chargpt_format") != FORMAT:
         raise UserError(f"{folder / CONFIG} is not a chargpt export of format {FORMAT}")
+    refuse_nonfinite(weights, folder / WEIGHTS)
     model, tokenizer = build(config)
     model.load_state_dict(weights)
     return model.to(device).eval(), tokenizer

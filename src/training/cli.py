@@ -25,6 +25,7 @@ from src.errors import UserError
 from src.hardware import default_precision
 from src.training.board import AttentionMaps, Embeddings, RunSummary
 from src.training.callbacks import FitSummary, LearningRates, SampleText, Throughput
+from src.training.divergence import DivergenceGuard
 from src.training.last_checkpoint import LastCheckpoint, Trainer
 from src.training.module import CharGPT
 from src.training.rng import RNGState
@@ -39,6 +40,7 @@ RUN_CALLBACKS = {
     "run_summary": RunSummary,
     "embeddings": Embeddings,
     "rng_state": RNGState,
+    "divergence": DivergenceGuard,
 }
 DEFAULT_CONFIG_NAME = "shakespeare_char.yaml"
 
@@ -107,6 +109,14 @@ class ChargptCLI(LightningCLI):
             config, subcommand = self.config[self.config.subcommand], self.config.subcommand
             self._settle_defaults(config, subcommand)
             self._settle_ckpt_path(config, subcommand)
+            given = {a.split("=", 1)[0][len("--model.") :] for a in self._argv if a.startswith("--model.")}
+            self._rates = {key: config.model[key] for key in RESUME_RATES if key in given}
+
+    def before_instantiate_classes(self) -> None:
+        # LightningCLI has just replaced the model's settings with the checkpoint's: the rates given as flags win
+        if self.config.get("subcommand"):
+            for key, value in getattr(self, "_rates", {}).items():
+                self.config[self.config.subcommand].model[key] = value
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -202,6 +212,9 @@ class ChargptCLI(LightningCLI):
             )
 
 
+# the model settings that flags change when resuming (a diverged run goes on at a lower rate: DivergenceGuard
+# rebuilds the schedule); LightningCLI takes every other one from the checkpoint
+RESUME_RATES = ("learning_rate", "min_lr")
 RENAMED = {"attention": "attention_maps", "data.strict": "data.strict_utf8"}  # old config keys -> new
 
 
@@ -243,17 +256,20 @@ def notice(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resume_command(args: list[str], ckpt_path: str = "last") -> str:
-    """The command line that continues this run: the same arguments with ``--ckpt_path`` set to ``ckpt_path``."""
+def resume_command(args: list[str], ckpt_path: str = "last", change: dict[str, str] | None = None) -> str:
+    """The command line that continues this run: the same arguments with ``--ckpt_path`` set to ``ckpt_path`` and
+    the flags in ``change`` (``{"--model.learning_rate": "0.1"}``) set to their new values."""
+    replaced = {"--ckpt_path", *(change or {})}
     kept, skip = [], False
     for arg in args:
-        if skip or arg.startswith("--ckpt_path="):
+        if skip or arg.split("=", 1)[0] in replaced and "=" in arg:
             skip = False
             continue
-        skip = arg == "--ckpt_path"
+        skip = arg in replaced
         if not skip:
             kept.append(arg)
-    return shlex.join(["python", "-m", "src.train", *kept, "--ckpt_path", ckpt_path])
+    changes = [part for flag, value in (change or {}).items() for part in (flag, value)]
+    return shlex.join(["python", "-m", "src.train", *kept, *changes, "--ckpt_path", ckpt_path])
 
 
 class NoTips(logging.Filter):

@@ -24,8 +24,9 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from src.checkpoints.checkpoint import save_atomically
+from src.checkpoints.checkpoint import first_nonfinite, save_atomically
 from src.errors import UserError
+from src.training.divergence import Diverged
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -54,12 +55,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Trainer(L.Trainer):
-    """Lightning's Trainer, with checkpoint writes that fail on every rank at once. Only rank 0 writes; the others
-    wait for it in a barrier. Were rank 0 alone to raise, the others would hang there, then die with a gloo
-    traceback: here rank 0 meets them in the barrier, the failure reaches every rank by broadcast, and every rank
-    raises the same ``UserError`` (one message, exit status 2)."""
+    """Lightning's Trainer, with checkpoint writes that fail on every rank at once, and never of non-finite
+    weights. Only rank 0 writes; the others wait for it in a barrier. Were rank 0 alone to raise, the others would
+    hang there, then die with a gloo traceback: here rank 0 meets them in the barrier, the failure reaches every
+    rank by broadcast, and every rank raises the same ``UserError`` (one message, exit status 2)."""
 
     def save_checkpoint(self, filepath, weights_only: bool = False, storage_options: Any | None = None) -> None:
+        # the weights are the same on every rank: each refuses alone, and the file on disk stays the last good one
+        bad = first_nonfinite(self.lightning_module.state_dict())
+        if bad is not None:
+            raise Diverged(self.global_step, f"weight {bad}", None)
         failure = None
         try:
             super().save_checkpoint(filepath, weights_only=weights_only, storage_options=storage_options)
@@ -88,6 +93,7 @@ class LastCheckpoint(Checkpoint):
         self.dirpath, self.every_n_minutes = dirpath, every_n_minutes
         self._signal: int | None = None
         self._saved_step, self._saved_at = -1, 0.0
+        self.saved: tuple[int, float | None] | None = None  # (step, its val loss if known) of the last.ckpt on disk
 
     @property
     def path(self) -> Path:
@@ -100,6 +106,7 @@ class LastCheckpoint(Checkpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._signal = None
         self._saved_step, self._saved_at = trainer.global_step, monotonic()  # a resumed step is on disk
+        self.saved = (trainer.global_step, None) if self.path.is_file() else None
         # Lightning registered its handlers just before this hook and restores the ones it found when fit ends
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
@@ -124,6 +131,8 @@ class LastCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.save(trainer, again=True)  # after the validation, so the best-checkpoint state in it is current
+            val = trainer.callback_metrics.get("val_loss")
+            self.saved = (trainer.global_step, None if val is None else val.item())
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)  # a fit that ends between two validations keeps its last steps
@@ -133,3 +142,4 @@ class LastCheckpoint(Checkpoint):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step, self._saved_at = trainer.global_step, monotonic()
+        self.saved = (trainer.global_step, None)

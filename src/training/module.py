@@ -14,6 +14,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch.nn import functional as F
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric, SumMetric
 
 from src.checkpoints.build import build
@@ -24,6 +25,7 @@ from src.generation.decoding import generate
 from src.model import LanguageModel
 from src.model.base import ACTIVATIONS, INITS, NORMS
 from src.model.registry import ModelType
+from src.training.divergence import diverged
 from src.training.optim import LR_SCALES, MuonAdamW, adamw, hidden_matrices, warmup_decay
 
 
@@ -152,7 +154,7 @@ class CharGPT(L.LightningModule):
         self.save_hyperparameters()
         self.model: LanguageModel | None = None
         self.tokenizer: Tokenizer | None = None
-        self.val_loss = MeanMetric()
+        self.val_loss = MeanMetric(nan_strategy=math.nan)  # a NaN batch makes the mean NaN instead of vanishing
         self.test_nll, self.test_chars = SumMetric(), SumMetric()
         self._compiled = False
         if vocab is not None:
@@ -206,6 +208,7 @@ class CharGPT(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, objective = self.model.objective(x, y)  # the same, unless the model adds an auxiliary loss
+        self.step_loss = objective  # what the divergence guard checks before the optimizer step
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # only on the steps the logger writes (what Lightning would drop anyway): self.log costs a noticeable
             # share of a small model's CPU step (docs/performance.md, Lightning overhead)
@@ -232,6 +235,8 @@ class CharGPT(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # synced across ranks
         self.val_loss.reset()
+        if self.trainer.state.fn == "fit" and not torch.isfinite(loss):  # before any checkpoint is written for it
+            raise diverged(self.trainer, self, self.global_step, "validation loss", loss.item())
         self.log("val_loss", loss, prog_bar=True)
         self.log("val_bpc", loss / math.log(2))
 
@@ -261,9 +266,16 @@ class CharGPT(L.LightningModule):
             optimizer = MuonAdamW(self.model, hp.learning_rate, hp.weight_decay, betas, fused, scales, cautious)
         else:
             optimizer = adamw(self.model, hp.learning_rate, hp.weight_decay, betas, fused, scales)
-        total = hp.lr_decay_steps or self.trainer.max_steps
-        scheduler = warmup_decay(optimizer, hp.warmup_steps, total, hp.min_lr, hp.lr_schedule, hp.cooldown_fraction)
+        scheduler = self.build_schedule(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_schedule(self, optimizer: torch.optim.Optimizer, scale: float = 1.0) -> LRScheduler:
+        """The learning-rate schedule of ``optimizer``, whose groups' rate is the peak; ``min_lr`` times ``scale``
+        (what a divergence's rollback lowers the whole schedule by)."""
+        hp = self.hparams
+        total = hp.lr_decay_steps or self.trainer.max_steps
+        min_lr = hp.min_lr * scale
+        return warmup_decay(optimizer, hp.warmup_steps, total, min_lr, hp.lr_schedule, hp.cooldown_fraction)
 
     def sample(self, prompt: str, max_new_tokens: int, generator: torch.Generator | None = None, **options) -> str:
         """Prompt + continuation as text; the model's train/eval mode is left as it was."""
