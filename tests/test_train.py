@@ -90,18 +90,22 @@ def final_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "optimizer, lr_schedule, precision",
+    "optimizer, lr_schedule, precision, spikes",
     [
-        ("adamw", "cosine", "32-true"),
-        ("muon", "cosine", "32-true"),
-        ("muon", "linear", "32-true"),
-        ("muon", "cosine", "bf16-mixed"),
+        ("adamw", "cosine", "32-true", False),
+        ("muon", "cosine", "32-true", False),
+        ("muon", "linear", "32-true", False),
+        ("muon", "cosine", "bf16-mixed", False),
+        # a window so short that it skips healthy steps too: the resumed half must skip the same ones
+        ("muon", "cosine", "32-true", True),
     ],  # bf16-mixed: the default config's precision on an AVX-512 BF16 CPU
 )
-def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer, lr_schedule, precision):
+def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer, lr_schedule, precision, spikes):
     # the same schedule whether or not the run is stopped
     schedule = ["--model.lr_decay_steps=40", f"--model.optimizer={optimizer}", f"--model.lr_schedule={lr_schedule}"]
     schedule.append(f"--trainer.precision={precision}")
+    if spikes:
+        schedule += ["--divergence.skip_spikes=true", "--divergence.window=8", "--divergence.sigma=1"]
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="whole"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=20, run_name="parts"), *schedule])
     main(["fit", *tiny_args(tiny_corpus, max_steps=40, run_name="parts"), *schedule, "--ckpt_path=last"])
@@ -113,6 +117,13 @@ def test_stop_and_resume_equals_uninterrupted(workdir, tiny_corpus, optimizer, l
     assert whole.keys() == parts.keys()
     for key in whole:
         assert torch.equal(whole[key], parts[key]), key
+    if spikes:  # the window, saved in the checkpoint, crossed the stop: the same steps were skipped
+        guards = [
+            torch.load(workdir / f"lightning_logs/{run}/checkpoints/last.ckpt", weights_only=True)["callbacks"]
+            for run in ("whole", "parts")
+        ]
+        skipped = [next(v["skipped"] for k, v in g.items() if k.startswith("DivergenceGuard")) for g in guards]
+        assert skipped[0] == skipped[1] > 0
 
 
 @pytest.mark.parametrize(

@@ -140,3 +140,49 @@ def test_init_from_another_architecture_is_refused(ckpt, workdir, tiny_corpus, c
         train_main(["fit", *tiny_args(tiny_corpus, **{"model.n_embd": 32}), f"--model.init_from={ckpt}"])
     assert exit_info.value.code == 2
     assert "is another architecture (n_embd 16 vs 32)" in capsys.readouterr().err
+
+
+def nan_copy(ckpt, folder) -> tuple:
+    """A copy of ``ckpt`` beside a readable best-*.ckpt, with one weight of one tensor set to NaN."""
+    state = torch.load(ckpt, weights_only=True)
+    name = next(k for k in state["state_dict"] if k.endswith("c_attn.weight"))
+    folder.mkdir()
+    torch.save(state, folder / "best-step=15-val_loss=2.0000.ckpt")
+    state["state_dict"][name][0, 0] = float("nan")
+    torch.save(state, folder / "last.ckpt")
+    return folder / "last.ckpt", name
+
+
+@pytest.mark.parametrize("reader", ["generate", "serve", "export", "export_folder", "init_from", "validate", "test"])
+def test_every_reader_refuses_a_checkpoint_with_a_nan_weight(ckpt, workdir, tiny_corpus, capsys, reader):
+    from src.export import main as export_main
+    from src.serve import main as serve_main
+
+    bad, name = nan_copy(ckpt, workdir / "diverged")
+    if reader == "export_folder":  # an export made before readers refused: generate refuses the folder too
+        state = torch.load(bad, weights_only=True)
+        model, tokenizer = model_from_checkpoint(load_checkpoint(ckpt))
+        model.load_state_dict({k[len("model.") :]: v for k, v in state["state_dict"].items()})
+        from src.checkpoints.pretrained import save_pretrained
+
+        save_pretrained(model, tokenizer, workdir / "exported")
+        bad, name = workdir / "exported" / "model.safetensors", name[len("model.") :]
+    runs = {
+        "generate": lambda: generate_main(["--ckpt_path", str(bad), "--max_new_tokens", "5"]),
+        "serve": lambda: serve_main(["--ckpt_path", str(bad), "--port", "0"]),
+        "export": lambda: export_main(["--ckpt_path", str(bad), "--out", str(workdir / "out"), "--no-onnx"]),
+        "export_folder": lambda: generate_main(["--ckpt_path", str(bad.parent), "--max_new_tokens", "5"]),
+        "init_from": lambda: train_main(["fit", *tiny_args(tiny_corpus), f"--model.init_from={bad}"]),
+        "validate": lambda: train_main(["validate", *tiny_args(tiny_corpus), f"--ckpt_path={bad}"]),
+        "test": lambda: train_main(["test", *tiny_args(tiny_corpus), f"--ckpt_path={bad}"]),
+    }
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        runs[reader]()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and not (workdir / "out").exists()
+    line = err.splitlines()[-1]  # one line, after the corpus's "encoded" line where the run prepares data
+    assert f"{bad} has non-finite weights (first: {name})" in line
+    if reader != "export_folder":
+        assert "best-step=15-val_loss=2.0000.ckpt" in line  # the way out
