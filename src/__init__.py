@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ def entry_point() -> Iterator[None]:
     one line and exit status 130."""
     global _entered
     _entered = True
+    threading.excepthook = thread_error
     try:
         yield
     except Interrupted:
@@ -80,6 +82,38 @@ def run_command(name: str, build_parser, action, argv: list[str] | None = None) 
         except UserError as err:
             print(f"chargpt {name}: error: {err}", file=sys.stderr)
             sys.exit(2)
+
+
+def thread_error(args: threading.ExceptHookArgs) -> None:
+    """A disk error in a background thread (TensorBoard's event writer on a full disk) as one line instead of a
+    traceback; the same error, raised again in the main thread, is not said twice (``already_said``)."""
+    if not isinstance(args.exc_value, OSError):
+        threading.__excepthook__(args)
+        return
+    _said.append(args.exc_value)
+    print(f"chargpt: error: {disk_error(args.exc_value)}", file=sys.stderr, flush=True)
+
+
+def disk_error(err: OSError) -> str:
+    where = f" {err.filename or written_file(err)}".rstrip()
+    return (
+        f"could not write{where}: {err.strerror or err}; last.ckpt keeps the last step it saved. Free disk space "
+        f"(or make the folder writable), then resume with --ckpt_path last"
+    )
+
+
+def written_file(err: OSError) -> str:
+    """The file a failed write was for, when the error does not say (a write into an open file, as TensorBoard's
+    event writer does): the innermost frame of the traceback with a ``filename`` argument."""
+    found, tb = "", err.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_locals.get("filename")
+        found, tb = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else found, tb.tb_next
+    return found
+
+
+def already_said(err: BaseException) -> bool:
+    return any(err is said for said in _said)
 
 
 def say_stopped() -> None:
@@ -126,6 +160,7 @@ class OldNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 _entered = False
+_said: list[BaseException] = []  # the errors thread_error has reported
 MAIN_PID = os.getpid()
 sys.meta_path.append(OldNames())
 if sys.argv[:1] == ["-m"]:  # what sys.argv[0] is while `python -m src.x` imports the package, and never otherwise

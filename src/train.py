@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from src import entry_point
+from src import already_said, disk_error, entry_point
 from src.errors import UserError
 from src.training.cli import build_cli, notice, resume_command, with_default_config
 from src.training.divergence import EXIT_DIVERGED, Diverged
@@ -26,6 +26,10 @@ def main(args: list[str] | None = None) -> None:
                 build_cli(with_default_config(list(args)))
         except UserError as err:
             notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
+            sys.exit(2)
+        except OSError as err:  # a full disk under the run's logger: last.ckpt is whole (atomic writes)
+            if not already_said(err):
+                notice(f"chargpt: error: {disk_error(err)}")
             sys.exit(2)
         except Diverged as stop:  # every rank gets here: rank 0 says it
             argv = sys.argv[1:] if args is None else args

@@ -103,7 +103,33 @@ class Poison(L.Callback):
 
 
 def poison(step: int, factor: float, rank: int = 0) -> str:
-    spec = {"class_path": "tests.helpers.Poison", "init_args": {"step": step, "factor": factor, "rank": rank}}
+    return with_callback("Poison", step=step, factor=factor, rank=rank)
+
+
+class FillDisk(L.Callback):
+    """After step ``step``, a ballast file at ``path`` takes every free byte of its disk."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step != self.step:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT)
+        try:
+            for chunk in (1 << 20, 1 << 12, 1):
+                while True:
+                    try:
+                        os.write(fd, b"\0" * chunk)
+                    except OSError:
+                        break
+        finally:
+            os.close(fd)
+
+
+def with_callback(name: str, **init_args) -> str:
+    """The flag that adds ``tests.helpers.<name>(**init_args)`` to a run's callbacks."""
+    spec = {"class_path": f"tests.helpers.{name}", "init_args": init_args}
     return "--trainer.callbacks+=" + json.dumps(spec).replace("NaN", ".nan")  # YAML's NaN, which the CLI parses
 
 

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
 from src.train import main
-from tests.helpers import MODEL_OPTIONS, REPO, run_cli, tiny_args
+from tests.helpers import MODEL_OPTIONS, REPO, run_cli, tiny_args, with_callback
 
 pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
 
@@ -492,3 +492,34 @@ def test_weight_averaging_evaluates_checkpoints_and_resumes_on_the_averaged_weig
     assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
     parts = final_weights(workdir / "lightning_logs/parts/checkpoints/last.ckpt")
     assert all(torch.equal(averaged[key], parts[key]) for key in averaged)
+
+
+@pytest.fixture
+def small_disk(workdir):
+    """A 32 MB tmpfs in the test's folder, or a skip where this machine cannot mount one (not root, a container)."""
+    folder = workdir / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes_once_space_is_freed(workdir, tiny_corpus, small_disk):
+    # the run's folder fills up after its first checkpoint: whatever hits the full disk first (the next
+    # checkpoint, or TensorBoard's writer thread), one line says so, and last.ckpt stays whole
+    args = tiny_args(tiny_corpus, 40, **{"trainer.default_root_dir": str(small_disk / "logs")})
+    ballast = small_disk / "ballast"
+    full = run_cli("fit", *args, with_callback("FillDisk", step=15, path=str(ballast)), cwd=workdir)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr and "Exception in thread" not in full.stderr
+    said = [line for line in full.stderr.splitlines() if line.startswith("chargpt: error:")]
+    assert len(said) == 1 and "No space left on device" in said[0] and "--ckpt_path last" in said[0]
+    last = small_disk / "logs/t/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 10
+
+    ballast.unlink()
+    again = run_cli("fit", *args, "--ckpt_path=last", cwd=workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 40
