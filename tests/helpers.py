@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -176,6 +177,59 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_nodes(args: list[str], cwd: Path, launcher: str) -> list[subprocess.Popen]:
+    """``fit`` on two nodes of one process each on this machine, as torchrun or srun would start them on two
+    machines; each node in a process group of its own, so that ``stop_nodes`` ends torchrun's workers too."""
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "src.train", "fit", *args, "--trainer.num_nodes=2"]
+        if launcher == "torchrun":
+            rendezvous = ["--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}"]
+            rendezvous += ["--master_addr=127.0.0.1", f"--master_port={port}"]
+            cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, *cmd[1:]]
+        else:  # the variables srun sets for task `node` of a 2-node job with one task per node
+            env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_NNODES="2", SLURM_PROCID=str(node))
+            env.update(SLURM_LOCALID="0", SLURM_NODEID=str(node), SLURM_JOB_ID="4242", SLURM_JOB_NAME="chargpt")
+            env.update(SLURM_NODELIST="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+    return procs
+
+
+def wait_nodes(procs: list[subprocess.Popen], timeout: float) -> list[str | None]:
+    """Each node's output, or None for a node still running after ``timeout`` seconds in all; then every process
+    of every node is ended, whatever happened."""
+    deadline, outputs = time.monotonic() + timeout, []
+    try:
+        for proc in procs:
+            try:
+                out = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))[0]
+                outputs.append(out.decode(errors="replace"))
+            except subprocess.TimeoutExpired:
+                outputs.append(None)
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return outputs
+
+
+def fit_on_two_nodes(args: list[str], cwd: Path, launcher: str = "torchrun") -> None:
+    procs = start_nodes(args, cwd, launcher)
+    outputs = wait_nodes(procs, timeout=240)
+    for node, (proc, out) in enumerate(zip(procs, outputs)):
+        assert out is not None, f"node {node} ({launcher}) still ran after 240 s"
+        assert proc.returncode == 0, f"node {node} ({launcher}) failed:\n{out[-3000:]}"
 
 
 def wait_for(url: str, seconds: float = 60) -> bytes:

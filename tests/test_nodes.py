@@ -3,50 +3,17 @@ docs/training.md documents, torchrun and SLURM's srun, and checked for what a cl
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import REPO, free_port, run_cli, tiny_args
+from tests.helpers import fit_on_two_nodes, run_cli, tiny_args
 
 pytestmark = pytest.mark.slow
 
 # dropout off: each rank draws its own dropout masks, and a checkpoint keeps rank 0's generator only
 NODES = {"model.dropout": 0.0, "sample.every_n_steps": 0, "attention_maps.enabled": "false", "trainer.devices": 1}
-
-
-def start_nodes(args: list[str], cwd: Path, launcher: str) -> list[subprocess.Popen]:
-    """Two nodes of one process each, as torchrun or srun would start them on two machines."""
-    port = free_port()
-    procs = []
-    for node in (0, 1):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "src.train", "fit", *args, "--trainer.num_nodes=2"]
-        if launcher == "torchrun":
-            rendezvous = ["--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}"]
-            rendezvous += ["--master_addr=127.0.0.1", f"--master_port={port}"]
-            cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, *cmd[1:]]
-        else:  # the variables srun sets for task `node` of a 2-node job with one task per node
-            env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_NNODES="2", SLURM_PROCID=str(node))
-            env.update(SLURM_LOCALID="0", SLURM_NODEID=str(node), SLURM_JOB_ID="4242", SLURM_JOB_NAME="chargpt")
-            env.update(SLURM_NODELIST="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    return procs
-
-
-def fit_on_two_nodes(args: list[str], cwd: Path, launcher: str = "torchrun") -> None:
-    procs = start_nodes(args, cwd, launcher)
-    try:
-        outputs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for node, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"node {node} ({launcher}) failed:\n{out[-3000:]}"
 
 
 def weights(cwd: Path, run: str) -> dict:

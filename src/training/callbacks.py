@@ -136,7 +136,11 @@ class Throughput(L.Callback):
         loss = f"loss {metrics['train_loss'].item():.4f}" if "train_loss" in metrics else "loss -"
         val = f"val {metrics['val_loss'].item():.4f}" if "val_loss" in metrics else "val -"
         eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
-        return f"step {step}/{trainer.max_steps} | {loss} | {val} | {rate:,.0f} tokens/s | mfu {mfu:.1%} | ETA {eta}"
+        skipped = f" | skipped {metrics['skipped_steps'].item():.0f}" if "skipped_steps" in metrics else ""
+        return (
+            f"step {step}/{trainer.max_steps} | {loss} | {val}{skipped} | {rate:,.0f} tokens/s | mfu {mfu:.1%} | "
+            f"ETA {eta}"
+        )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._window = None

@@ -55,7 +55,8 @@ class Diverged(Exception):
         if self.rates is not None:
             lr, min_lr = (f"{rate * 0.5:.3g}" for rate in self.rates)
             command = resume({"--model.learning_rate": lr, "--model.min_lr": min_lr})
-            lines.append(f"  go on from it at half the learning rate: {command}")
+            how = "go on from it" if self.last_good is not None else "start again"
+            lines.append(f"  {how} at half the learning rate: {command}")
         return "\n".join(lines)
 
 

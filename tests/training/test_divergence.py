@@ -72,7 +72,9 @@ def test_a_nan_on_one_rank_stops_every_rank(workdir, tiny_corpus):
 def test_a_spike_is_skipped_and_the_run_ends_finite(workdir, tiny_corpus, capsys):
     # the window (128 steps) acts once it has seen 64
     main(["fit", *tiny_args(tiny_corpus, 100), "--divergence.skip_spikes=true", poison(90, 1e3)])
-    assert "chargpt: step 91 skipped" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "chargpt: step 91 skipped" in err
+    assert "step 90/100 | loss" in out and "| skipped 0 |" in out and "| skipped 1 |" in out  # the progress line
     last = workdir / "lightning_logs/t/checkpoints/last.ckpt"
     assert finite(last) and guard_state(last)["skipped"] == 1  # that step, and no healthy one
 
