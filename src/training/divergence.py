@@ -142,7 +142,7 @@ class DivergenceGuard(L.Callback):
         # in the optimizer's own order, as Lightning's clipping sums them: the same norm to the last bit
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=pl_module.device)
-        values = torch.stack([pl_module.step_loss.detach().float(), norm.float()])
+        values = torch.stack([pl_module.step_loss.float(), norm.float()])
         if trainer.world_size > 1:  # one rank's NaN makes the mean NaN on every rank
             values = trainer.strategy.reduce(values, reduce_op="mean")
         loss, norm = values.tolist()  # the one host sync of the check

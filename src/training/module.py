@@ -208,7 +208,7 @@ class CharGPT(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, objective = self.model.objective(x, y)  # the same, unless the model adds an auxiliary loss
-        self.step_loss = objective  # what the divergence guard checks before the optimizer step
+        self.step_loss = objective.detach()  # what the divergence guard checks before the optimizer step
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # only on the steps the logger writes (what Lightning would drop anyway): self.log costs a noticeable
             # share of a small model's CPU step (docs/performance.md, Lightning overhead)
