@@ -128,6 +128,21 @@ class FillDisk(L.Callback):
             os.close(fd)
 
 
+class StepClock(L.Callback):
+    """A faked clock for the time budget (tests monkeypatch ``src.training.budget.clock`` to read ``now``): every
+    training step takes ``seconds`` and nothing else takes any time; Ctrl-C after step ``interrupt_at``."""
+
+    now = 0.0
+
+    def __init__(self, seconds: float = 0.1, interrupt_at: int = 0) -> None:
+        self.seconds, self.interrupt_at = seconds, interrupt_at
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        StepClock.now += self.seconds
+        if trainer.global_step == self.interrupt_at:
+            signal.raise_signal(signal.SIGINT)  # the step finishes, last.ckpt is written, fit stops
+
+
 def with_callback(name: str, **init_args) -> str:
     """The flag that adds ``tests.helpers.<name>(**init_args)`` to a run's callbacks."""
     spec = {"class_path": f"tests.helpers.{name}", "init_args": init_args}

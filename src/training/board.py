@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from src.errors import UserError
+from src.training.budget import PROVISIONAL, TimeBudget, clock_text
 
 HP_METRICS = ("best_val_loss", "final_val_loss", "tokens_per_sec")
 # what tells runs apart; where the corpus is cached, or how many workers load it, does not
@@ -41,6 +42,9 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
     data = {k: v for k, v in data.items() if k in DATA_HPARAMS}
     values = {**{f"model/{k}": v for k, v in model.items()}, **{f"data/{k}": v for k, v in data.items()}}
     values |= {"trainer/precision": str(trainer.precision), "trainer/max_steps": trainer.max_steps}
+    for callback in trainer.callbacks:
+        if isinstance(callback, TimeBudget) and callback.active:
+            values["trainer/max_time"] = clock_text(callback.seconds)
     values["run_name"] = tensorboards(trainer)[0].name if tensorboards(trainer) else ""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
@@ -56,6 +60,10 @@ class RunSummary(L.Callback):
         self.enabled, self.best = enabled, math.inf
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_steps != PROVISIONAL:  # else once a time budget has planned the steps
+            self.record_plan(trainer, pl_module)
+
+    def record_plan(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         experiment, session_start, session_end = hparams(run_hparams(trainer, pl_module), dict.fromkeys(HP_METRICS, 0))

@@ -23,7 +23,9 @@ from src.checkpoints.checkpoint import load_checkpoint, readable_checkpoints
 from src.data.datamodule import CharDataModule
 from src.errors import UserError
 from src.hardware import default_precision
+from src.training import budget
 from src.training.board import AttentionMaps, Embeddings, RunSummary
+from src.training.budget import TimeBudget
 from src.training.callbacks import FitSummary, LearningRates, SampleText, Throughput
 from src.training.divergence import DivergenceGuard
 from src.training.last_checkpoint import LastCheckpoint, Trainer
@@ -41,6 +43,7 @@ RUN_CALLBACKS = {
     "embeddings": Embeddings,
     "rng_state": RNGState,
     "divergence": DivergenceGuard,
+    "budget": TimeBudget,
 }
 DEFAULT_CONFIG_NAME = "shakespeare_char.yaml"
 
@@ -67,6 +70,19 @@ class SaveRunConfig(SaveConfigCallback):
                 self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
             self.already_saved = True
         super().setup(trainer, pl_module, stage)
+
+    def record_plan(self, trainer, pl_module) -> None:
+        """config.yaml gets the planned steps and evaluations beside the budget (``--trainer.max_time null``
+        repeats them exactly)."""
+        if not trainer.is_global_zero:
+            return
+        self.config.trainer.max_steps = trainer.max_steps
+        self.config.trainer.val_check_interval = trainer.val_check_interval
+        if trainer.logger is None:
+            folder = Path(self.config.trainer.default_root_dir or LOG_ROOT) / self.config.run_name
+        else:
+            folder = Path(trainer.log_dir)
+        self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True)
 
 
 class ChargptCLI(LightningCLI):
@@ -102,13 +118,16 @@ class ChargptCLI(LightningCLI):
         parser.link_arguments("data.tokenizer", "model.tokenizer")
 
     def parse_arguments(self, parser, args) -> None:
+        self._started = budget.clock()  # where a time budget starts
         self._argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         refuse_renamed(self._argv)
         super().parse_arguments(parser, args)
+        self._budget = None
         if self.config.get("subcommand"):
             config, subcommand = self.config[self.config.subcommand], self.config.subcommand
             self._settle_defaults(config, subcommand)
             self._settle_ckpt_path(config, subcommand)
+            self._settle_budget(config, subcommand)
             given = {a.split("=", 1)[0][len("--model.") :] for a in self._argv if a.startswith("--model.")}
             self._rates = {key: config.model[key] for key in RESUME_RATES if key in given}
 
@@ -118,7 +137,25 @@ class ChargptCLI(LightningCLI):
             for key, value in getattr(self, "_rates", {}).items():
                 self.config[self.config.subcommand].model[key] = value
 
+    def _settle_budget(self, config, subcommand: str) -> None:
+        """A ``--trainer.max_time`` for fit is a budget that TimeBudget plans the steps of (unless switched off):
+        Lightning's timer, which would cut the schedule, never sees it, and only a ``--trainer.max_steps`` flag,
+        not the config file's step count, caps the plan."""
+        if subcommand != "fit" or config.trainer.max_time is None or not config.budget.enabled:
+            return
+        flags = {a.split("=", 1)[0] for a in self._argv}
+        self._budget = {
+            "seconds": budget.parse_duration(config.trainer.max_time),
+            "cap": config.trainer.max_steps if "--trainer.max_steps" in flags else None,
+            "config_steps": config.trainer.max_steps,
+            "config_interval": config.trainer.val_check_interval,
+            "sample_every": config.sample.every_n_steps if config.sample.enabled else 0,
+            "started": self._started,
+        }
+
     def instantiate_trainer(self, **kwargs):
+        if getattr(self, "_budget", None):  # the plan sets the step count once the first steps are timed
+            kwargs |= {"max_time": None, "max_steps": budget.PROVISIONAL}
         trainer = super().instantiate_trainer(**kwargs)
         # one switch for each of chargpt's callbacks: --<name>.enabled false leaves it out of the run
         trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True)]
@@ -127,6 +164,8 @@ class ChargptCLI(LightningCLI):
         config = self.config[self.config.subcommand]
         last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
         for callback in trainer.callbacks:
+            if isinstance(callback, budget.TimeBudget) and self._budget:
+                vars(callback).update(self._budget)
             if isinstance(callback, FitSummary):
                 callback.commands = {
                     "resume": resume_command(getattr(self, "_argv", [])),

@@ -18,7 +18,6 @@ import copy
 import math
 import statistics
 import sys
-import warnings
 from collections import deque
 from typing import Any
 
@@ -193,15 +192,9 @@ class DivergenceGuard(L.Callback):
 
     def _reschedule(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The module's schedule at ``scale`` times its rates, moved on to the current step."""
-        optimizer = trainer.optimizers[0]
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] = pl_module.hparams.learning_rate * self.scale
-        scheduler = pl_module.build_schedule(optimizer, self.scale)
-        with warnings.catch_warnings():  # stepping a schedule with no optimizer step between is what we mean
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(trainer.global_step):
-                scheduler.step()
-        trainer.lr_scheduler_configs[0].scheduler = scheduler
+        for group in trainer.optimizers[0].param_groups:
+            group["initial_lr"] = pl_module.hparams.learning_rate * self.scale
+        pl_module.reschedule()
 
     def state_dict(self) -> dict[str, Any]:
         return {

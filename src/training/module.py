@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -268,6 +269,22 @@ class CharGPT(L.LightningModule):
             optimizer = adamw(self.model, hp.learning_rate, hp.weight_decay, betas, fused, scales)
         scheduler = self.build_schedule(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def reschedule(self) -> None:
+        """Replace the run's schedule with one built for the trainer's step count now, at the height the optimizer's
+        groups hold (``initial_lr``), moved on to the current step: what a plan (``TimeBudget``) or a rollback
+        (``DivergenceGuard``) changes mid-run. Built anew and stepped as often, it takes the steps an unchanged one
+        would have."""
+        optimizer = self.trainer.optimizers[0]
+        scale = optimizer.param_groups[0]["initial_lr"] / self.hparams.learning_rate
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        scheduler = self.build_schedule(optimizer, scale)
+        with warnings.catch_warnings():  # stepping a schedule with no optimizer step between is what we mean
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.global_step):
+                scheduler.step()
+        self.trainer.lr_scheduler_configs[0].scheduler = scheduler
 
     def build_schedule(self, optimizer: torch.optim.Optimizer, scale: float = 1.0) -> LRScheduler:
         """The learning-rate schedule of ``optimizer``, whose groups' rate is the peak; ``min_lr`` times ``scale``
