@@ -117,3 +117,18 @@ def test_bench_levers_prints_a_table_row(workdir, tiny_corpus):
               "--data.block_size=16",
               "--sample.every_n_steps=0")  # fmt: skip
     assert re.search(r"^\| tiny \| `.*` \| 1337 \| 10 \| 0:\d\d \| \d\.\d{4} \| \d\.\d{4}, \d\.\d{4} \|", out, re.M)
+
+
+def test_bench_spikes_replays_the_rule_over_recorded_steps(tiny_corpus):
+    tiny = [f"--data.path={tiny_corpus}", "--trainer.max_steps=70", "--trainer.val_check_interval=70"]
+    tiny += ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16", "--data.block_size=16"]
+    out = run("bench_spikes.py", "--seeds", "1337", "--window", "16", "--sigma", "6", "--", *tiny)
+    assert re.search(r"^seed 1337: 70 steps, best val \d\.\d{4}", out, re.M)
+    cell = r"([\d, ]+|none)"
+    assert re.search(rf"^\| 16 \| 6 \| 1337 \| {cell} \| {cell} \| {cell} \|$", out, re.M)
+
+
+def test_bench_nodes_counts_the_exits_of_two_node_launches():
+    out = run("bench_nodes.py", "--launches", "1", "--launcher", "slurm")
+    assert re.search(r"^launch +1 slurm +exit \[0, 0\] +[\d.]+ s$", out, re.M)
+    assert "1 launches: 1 with every rank exit 0, 0 aborted, 0 hung" in out
