@@ -87,24 +87,39 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
 
 class Poison(L.Callback):
     """A provoked divergence or spike: at step ``step`` (on rank ``rank``) the model's logits are multiplied by
-    ``factor`` (nan: a non-finite loss; 1e3: a finite spike), once. Passed to a run with ``poison(...)``."""
+    ``factor`` (nan: a non-finite loss; 1e3: a finite spike), once: in that step's training batch, or with
+    ``validation`` in the first batch of the validation that follows it. Passed to a run with ``poison(...)``."""
 
-    def __init__(self, step: int, factor: float, rank: int = 0) -> None:
-        self.step, self.factor, self.rank = step, factor, rank
+    def __init__(self, step: int, factor: float, rank: int = 0, validation: bool = False) -> None:
+        self.step, self.factor, self.rank, self.validation = step, factor, rank, validation
         self._hook = None
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+    def _start(self, trainer, pl_module, step: int) -> None:
+        if step == self.step and trainer.global_rank == self.rank and self._hook is None:
             self._hook = pl_module.model.lm_head.register_forward_hook(lambda m, i, out: out * self.factor)
 
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+    def _end(self) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.validation:
+            self._start(trainer, pl_module, trainer.global_step)
 
-def poison(step: int, factor: float, rank: int = 0) -> str:
-    return with_callback("Poison", step=step, factor=factor, rank=rank)
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self._end()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.validation and not trainer.sanity_checking and batch_idx == 0:
+            self._start(trainer, pl_module, trainer.global_step)
+
+    def on_validation_batch_end(self, trainer, pl_module, *args) -> None:
+        self._end()
+
+
+def poison(step: int, factor: float, rank: int = 0, validation: bool = False) -> str:
+    return with_callback("Poison", step=step, factor=factor, rank=rank, validation=validation)
 
 
 class FillDisk(L.Callback):

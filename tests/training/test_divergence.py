@@ -69,6 +69,19 @@ def test_a_nan_on_one_rank_stops_every_rank(workdir, tiny_corpus):
     assert torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)["global_step"] == 10
 
 
+def test_a_nan_validation_stops_the_run_before_any_checkpoint_is_written_for_it(workdir, tiny_corpus, capsys):
+    # one batch of the validation's two is NaN: the mean counts it instead of dropping it
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *tiny_args(tiny_corpus, 30), poison(20, float("nan"), validation=True)])
+    assert stop.value.code == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "training diverged at step 20: the validation loss is nan" in err
+    assert "last good state: lightning_logs/t/checkpoints/last.ckpt (step 10, val " in err
+    names = checkpoints(workdir)
+    assert names[0].startswith("best-step=10-") and names[1:] == ["last.ckpt"]  # no best-step=20-val_loss=nan
+    assert torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)["global_step"] == 10
+
+
 def test_a_spike_is_skipped_and_the_run_ends_finite(workdir, tiny_corpus, capsys):
     # the window (128 steps) acts once it has seen 64
     main(["fit", *tiny_args(tiny_corpus, 100), "--divergence.skip_spikes=true", poison(90, 1e3)])
