@@ -8,21 +8,39 @@ Each run is ``python -m src.train fit --config CONFIG [flags after --] --seed_ev
 own, under a fresh run name (its folder is deleted afterwards unless ``--keep``). Printed per run: wall time of the
 whole command, steps, the validation loss at each evaluation and the best, the median training tokens/s from
 TensorBoard, the time and step at which val first reached ``--target`` (1.48, the lecture's figure; to the evaluation
-that logged it), the last logged train loss, and the peak resident memory of the run's processes (Unix). Runs on one
+that logged it), the last logged train loss, and the peak resident memory of that run alone (Unix). Runs on one
 machine are deterministic for a seed; run one at a time.
 """
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_measured(command: list[str]) -> tuple[int, str, float]:
+    """Run ``command`` from the checkout: its exit status, its stderr, and the peak resident memory in MB of its
+    process alone (``wait4``'s own usage of that child; Unix only: elsewhere nan)."""
+    if not hasattr(os, "wait4"):
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        return done.returncode, done.stderr, float("nan")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        # ru_maxrss is in KiB on Linux, in bytes on macOS
+        peak = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        return proc.returncode, err.read(), peak
 
 
 def run(config: str, flags: list[str], seed: int, name: str, keep: bool) -> dict:
@@ -32,10 +50,10 @@ def run(config: str, flags: list[str], seed: int, name: str, keep: bool) -> dict
     command = [sys.executable, "-m", "src.train", "fit", "--config", config, *flags]
     command += ["--seed_everything", str(seed), "--run_name", run_name, "--trainer.enable_progress_bar", "false"]
     started, started_epoch = time.perf_counter(), time.time()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    returncode, stderr, peak = run_measured(command)
     wall = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    if returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     events.Reload()
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
@@ -43,12 +61,6 @@ def run(config: str, flags: list[str], seed: int, name: str, keep: bool) -> dict
     val_seconds = [e.wall_time - started_epoch for e in events.Scalars("val_loss")] if "val_loss" in scalars else []
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
-    try:
-        import resource  # Unix only: the largest resident size of any child so far (this run's, with one seed)
-
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    except ImportError:
-        peak = float("nan")
     val = scalars.get("val_loss", [])
     return {
         "wall": wall,

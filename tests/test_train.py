@@ -473,6 +473,14 @@ def test_muons_momentum_warms_up_with_the_step_and_only_muons(workdir, tiny_corp
     assert groups[0]["muon"]["param_groups"][0]["momentum"] == 0.95  # torch's default, untouched
 
 
+def test_muon_for_a_model_without_hidden_matrices_says_that_adamw_trains_it(workdir, tiny_corpus, capsys):
+    main(["fit", *tiny_args(tiny_corpus, max_steps=2), "--model.model_type=bigram", "--model.optimizer=muon"])
+    err = capsys.readouterr().err
+    assert "chargpt: --model.optimizer muon: the bigram model has no hidden weight matrices for Muon, so AdamW" in err
+    groups = torch.load(workdir / "lightning_logs/t/checkpoints/last.ckpt", weights_only=True)["optimizer_states"]
+    assert "muon" not in groups[0]
+
+
 EMA = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.9"]
 
 

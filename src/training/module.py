@@ -203,8 +203,8 @@ class CharGPT(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         warmup = self.hparams.muon_momentum_warmup
         optimizer = self.optimizers().optimizer if warmup else None
-        if isinstance(optimizer, MuonAdamW):  # a function of the step, so a resumed run takes the same steps
-            optimizer.muon.param_groups[0]["momentum"] = 0.85 + 0.10 * min(self.global_step / warmup, 1.0)
+        if isinstance(optimizer, MuonAdamW):
+            optimizer.warm_up_momentum(self.global_step, warmup)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -266,6 +266,13 @@ class CharGPT(L.LightningModule):
             cautious = hp.cautious_weight_decay
             optimizer = MuonAdamW(self.model, hp.learning_rate, hp.weight_decay, betas, fused, scales, cautious)
         else:
+            if hp.optimizer == "muon" and self.trainer.is_global_zero:
+                print(
+                    f"chargpt: --model.optimizer muon: the {hp.model_type} model has no hidden weight matrices for "
+                    f"Muon, so AdamW trains all of it",
+                    file=sys.stderr,
+                    flush=True,
+                )
             optimizer = adamw(self.model, hp.learning_rate, hp.weight_decay, betas, fused, scales)
         scheduler = self.build_schedule(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

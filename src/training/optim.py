@@ -222,6 +222,11 @@ class MuonAdamW(torch.optim.Optimizer):
         self.adamw = adamw(model, lr, weight_decay, betas, fused, lr_scales, skip=matrices)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
 
+    def warm_up_momentum(self, step: int, steps: int) -> None:
+        """Muon's momentum at ``step`` of a warm-up over ``steps``: from 0.85 up to torch's 0.95 (modded-nanogpt's
+        schedule), a function of the step alone, so a resumed run takes the same steps."""
+        self.muon.param_groups[0]["momentum"] = 0.85 + 0.10 * min(step / steps, 1.0)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = self.muon.step(closure)  # the closure (forward and backward) runs first, inside Muon's step
