@@ -1,7 +1,7 @@
 import inspect
 from dataclasses import MISSING, fields
-from types import SimpleNamespace
 
+import lightning as L
 import pytest
 
 from src.errors import UserError
@@ -18,7 +18,9 @@ def module(**kwargs) -> CharGPT:
 
 
 def attach_trainer(m: CharGPT, precision: str = "32-true", clip: float | None = 1.0, max_steps: int = 100):
-    m._trainer = SimpleNamespace(precision=precision, gradient_clip_val=clip, max_steps=max_steps)
+    """A Trainer with these settings, attached through the module's public ``trainer`` setter."""
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    m.trainer = L.Trainer(accelerator="cpu", precision=precision, gradient_clip_val=clip, max_steps=max_steps, **quiet)
 
 
 def test_every_model_field_is_an_option_with_the_same_default_and_a_help_line():
