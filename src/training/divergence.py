@@ -76,7 +76,7 @@ class DivergenceGuard(L.Callback):
         self,
         enabled: bool = True,
         skip_spikes: bool = False,
-        window: int = 128,
+        window: int = 256,
         sigma: float = 6.0,
         recover: int = 0,
         lr_factor: float = 0.5,
@@ -88,7 +88,8 @@ class DivergenceGuard(L.Callback):
                 turns the guard off (a NaN validation still stops the run, and no checkpoint is ever non-finite).
             skip_spikes: also skip (not apply) a step whose loss or gradient norm is more than sigma standard
                 deviations above the mean of the last window steps; counted as skipped_steps.
-            window: steps the spike rule looks back over; it acts once half of them are seen.
+            window: steps the spike rule looks back over; it acts once half of them are seen (OLMo-core's 128
+                skipped healthy steps of the default config on its gradient norm: docs/training.md).
             sigma: how many standard deviations above the window's mean make a spike.
             recover: on a divergence, roll back to the last good state (the last validation's, or the start's),
                 multiply the learning rate by lr_factor and go on, up to this many times; 0 stops at once.

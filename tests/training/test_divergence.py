@@ -83,8 +83,9 @@ def test_a_nan_validation_stops_the_run_before_any_checkpoint_is_written_for_it(
 
 
 def test_a_spike_is_skipped_and_the_run_ends_finite(workdir, tiny_corpus, capsys):
-    # the window (128 steps) acts once it has seen 64
-    main(["fit", *tiny_args(tiny_corpus, 100), "--divergence.skip_spikes=true", poison(90, 1e3)])
+    # a window of 128 steps acts once it has seen 64
+    spikes = ["--divergence.skip_spikes=true", "--divergence.window=128"]
+    main(["fit", *tiny_args(tiny_corpus, 100), *spikes, poison(90, 1e3)])
     out, err = capsys.readouterr()
     assert "chargpt: step 91 skipped" in err
     assert "step 90/100 | loss" in out and "| skipped 0 |" in out and "| skipped 1 |" in out  # the progress line
