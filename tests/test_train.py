@@ -416,7 +416,7 @@ def test_each_callback_can_be_switched_off(workdir, tiny_corpus):
 
 
 def test_the_csv_logger_gets_what_the_readme_says(workdir, tiny_corpus):
-    """README, Other loggers: the CSV logger writes lightning_logs/csv/version_N/metrics.csv with the losses,
+    """docs/training.md, Other loggers: the CSV logger writes lightning_logs/csv/version_N/metrics.csv with the losses,
     val_bpc, learning rates, tokens/s, MFU and gradient norm, and none of the TensorBoard-only best/final curves."""
     csv = ["--trainer.logger=CSVLogger", "--trainer.logger.save_dir=lightning_logs", "--trainer.logger.name=csv"]
     main(["fit", *tiny_args(tiny_corpus, max_steps=10, run_name="csv"), *csv])
