@@ -24,9 +24,16 @@ def make_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
-def activation(name: str):
+class SquaredReLU(nn.Module):
+    """relu(x) ** 2 (Primer, So et al. 2021): as cheap as ReLU, and learns more per step here (docs/experiments.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+def activation(name: str) -> nn.Module:
     """The feed-forward's non-linearity: the lecture's ReLU, or its square (``relu2``)."""
-    return F.relu if name == "relu" else lambda x: F.relu(x).square()
+    return nn.ReLU() if name == "relu" else SquaredReLU()
 
 
 class Rotary(nn.Module):
@@ -73,17 +80,14 @@ class CausalSelfAttention(nn.Module):
         self.gate = nn.Linear(config.n_embd, config.n_head, bias=False) if config.attn_gate else None
         self.kv_cache: KVCache | None = None
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None, values: list | None = None):
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None, v1: torch.Tensor | None = None):
         """q, k, v (B, nh, T, hs) of ``x`` (B, T, C) at ``positions`` (default 0..T-1), which rotary embeddings
-        need; with value residuals, ``values`` holds the first layer's v (this one's, when it is the first)."""
+        need; with value residuals, ``v1`` is the first layer's v, mixed into this one's."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if values is not None:
-            if self.value_mix is None:
-                values.append(v)
-            else:
-                v = torch.lerp(v, values[0], self.value_mix.to(v.dtype))  # (1 - mix) * v + mix * v1
+        if self.value_mix is not None and v1 is not None:  # None only for ``weights``, which reads no values
+            v = torch.lerp(v, v1, self.value_mix.to(v.dtype))  # (1 - mix) * v + mix * v1
         if self.qk_norm:
             q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
         if self.rotary is not None:
@@ -109,24 +113,25 @@ class CausalSelfAttention(nn.Module):
         return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
 
     def forward(
-        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, values: list | None = None
-    ) -> torch.Tensor:
-        """Attention's output (B, T, C) at every position of ``x`` (B, T, C); with ``input_pos`` (T,), the positions
-        of ``x`` in a KV cache that holds the earlier ones (see ``GPT.setup_cache``)."""
-        q, k, v = self._qkv(x, input_pos, values)  # (B, nh, T, hs) each
+        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, v1: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention's output (B, T, C) at every position of ``x`` (B, T, C), and the values (B, nh, T, hs) it
+        weighed (the first layer's are the later layers' ``v1`` with value residuals); with ``input_pos`` (T,), the
+        positions of ``x`` in a KV cache that holds the earlier ones (see ``GPT.setup_cache``)."""
+        q, k, v = self._qkv(x, input_pos, v1)  # (B, nh, T, hs) each
         if input_pos is not None:
-            k, v = self._cached(input_pos, k, v)  # (B, nh, block_size, hs): stale slots are masked out
-            y = self._weights(q, k, input_pos) @ v
+            k, cached_v = self._cached(input_pos, k, v)  # (B, nh, block_size, hs): stale slots are masked out
+            y = self._weights(q, k, input_pos) @ cached_v
         else:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale)
-        return self._project(y, x)  # (B, T, C)
+        return self._project(y, x), v  # (B, T, C), (B, nh, T, hs)
 
     def forward_at(
-        self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor, values: list | None = None
+        self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor, v1: torch.Tensor | None = None
     ) -> torch.Tensor:
         """For decoding: attention's output (B, 1, C) at position ``index`` (a 0-d tensor) of ``x`` only, every
         position of ``x`` still written to the cache (if ``input_pos`` is given) as a key and value."""
-        q, k, v = self._qkv(x, input_pos, values)  # (B, nh, T, hs) each
+        q, k, v = self._qkv(x, input_pos, v1)  # (B, nh, T, hs) each
         if input_pos is None:
             input_pos = torch.arange(x.size(1), device=x.device)
         else:
@@ -176,17 +181,19 @@ class Block(nn.Module):
         self.mlp = FeedForward(config)
 
     def forward(
-        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, values: list | None = None
-    ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos, values)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))
+        self, x: torch.Tensor, input_pos: torch.Tensor | None = None, v1: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output (B, T, C) and its attention's values (see ``CausalSelfAttention.forward``)."""
+        attended, v = self.attn(self.ln_1(x), input_pos, v1)
+        x = x + attended  # (B, T, C)
+        return x + self.mlp(self.ln_2(x)), v
 
     def forward_at(
-        self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor, values: list | None = None
+        self, x: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor, v1: torch.Tensor | None = None
     ) -> torch.Tensor:
         """For decoding: the block's output (B, 1, C) at position ``index`` only; the other positions still serve
         as keys and values, but nothing reads their outputs."""
-        x = x.index_select(1, index.view(1)) + self.attn.forward_at(self.ln_1(x), input_pos, index, values)
+        x = x.index_select(1, index.view(1)) + self.attn.forward_at(self.ln_1(x), input_pos, index, v1)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -226,10 +233,7 @@ class GPT(LanguageModel):
         return self.lm_head
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
-        x, skips, values = self._embed(idx), [], self._values()  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = self._skip(i, block(self._skip(i, x, skips, into=True), None, values), skips)
-        return self.transformer.ln_f(x)
+        return self.transformer.ln_f(self._blocks(self._embed(idx)))  # (B, T, C)
 
     def objective(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """With ``mtp_weight``, the next-token loss plus that weight times the loss of ``mtp_head`` predicting each
@@ -244,27 +248,34 @@ class GPT(LanguageModel):
     def features_at(self, idx: torch.Tensor, input_pos: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         # the final block works on one position: past the window, exact decoding recomputes a whole window per
         # token, and this spares it the final block's projection and MLP at every other position
-        x, skips, values = self._embed(idx, input_pos), [], self._values()  # (B, T, C)
-        *blocks, final = self.transformer.h
-        for i, block in enumerate(blocks):
-            x = self._skip(i, block(self._skip(i, x, skips, into=True), input_pos, values), skips)
-        x = self._skip(len(blocks), x, skips, into=True)
-        return self.transformer.ln_f(final.forward_at(x, input_pos, index, values))  # (B, 1, C)
+        return self.transformer.ln_f(self._blocks(self._embed(idx, input_pos), input_pos, index))  # (B, 1, C)
 
-    def _values(self) -> list | None:
-        """Where the first layer leaves its values for the others (``config.value_residual``), else None."""
-        return [] if self.config.value_residual else None
-
-    def _skip(self, i: int, x: torch.Tensor, skips: list[torch.Tensor], into: bool = False) -> torch.Tensor:
-        """U-net skips (``config.unet``): the output of block i (of the first half) is kept, and added, weighted,
-        to the input of block n-1-i; ``x`` unchanged without them."""
+    def _blocks(
+        self,
+        x: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+        maps: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``x`` (B, T, C) through every block. With ``index``, the last block computes that position only (B, 1, C)
+        (``Block.forward_at``); with ``maps``, each block's attention weights are appended to it. Besides x, two
+        things pass between blocks: the U-net's skips (``config.unet``: the outputs of the first half's blocks,
+        each added, weighted, to the input of its mirror in the last half) and the first layer's values
+        (``config.value_residual``, mixed into every later layer's)."""
         n, half = self.config.n_layer, self.config.n_layer // 2
-        if not self.config.unet:
-            return x
-        if into and i >= n - half:
-            return x + self.skip_weights[i - (n - half)] * skips.pop()
-        if not into and i < half:
-            skips.append(x)
+        skips, v1 = [], None
+        for i, block in enumerate(self.transformer.h):
+            if self.config.unet and i >= n - half:  # U-net in: block i takes block n-1-i's output
+                x = x + self.skip_weights[i - (n - half)] * skips.pop()
+            if maps is not None:
+                maps.append(block.attn.weights(block.ln_1(x)))
+            if index is not None and i == n - 1:
+                return block.forward_at(x, input_pos, index, v1)
+            x, v = block(x, input_pos, v1)
+            if self.config.value_residual and i == 0:
+                v1 = v
+            if self.config.unet and i < half:  # U-net out: kept for block n-1-i
+                skips.append(x)
         return x
 
     def _embed(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,11 +290,8 @@ class GPT(LanguageModel):
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's attention weights (B, nh, T, T) for ``idx`` (B, T), computed as ``forward`` does."""
-        x, maps, skips, values = self._embed(idx), [], [], self._values()
-        for i, block in enumerate(self.transformer.h):
-            x = self._skip(i, x, skips, into=True)
-            maps.append(block.attn.weights(block.ln_1(x)))
-            x = self._skip(i, block(x, None, values), skips)
+        maps = []
+        self._blocks(self._embed(idx), maps=maps)
         return maps
 
     def flops_per_token(self) -> int:

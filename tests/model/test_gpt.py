@@ -47,7 +47,8 @@ def seed_style_attention(attn, x):
 def test_fused_attention_equals_the_seeds_per_head_attention():
     attn = tiny_gpt(n_embd=32, n_head=4).transformer.h[0].attn
     x = torch.randn(3, 16, 32)
-    assert torch.allclose(attn(x), seed_style_attention(attn, x), atol=1e-5)
+    y, _ = attn(x)  # the output and the values it weighed
+    assert torch.allclose(y, seed_style_attention(attn, x), atol=1e-5)
 
 
 def test_attention_stays_float32_under_cpu_bf16_autocast(monkeypatch):
@@ -61,7 +62,7 @@ def test_attention_stays_float32_under_cpu_bf16_autocast(monkeypatch):
     )
     x = torch.randn(3, 16, 32, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = attn(x)
+        y, _ = attn(x)
     assert seen == [torch.float32]
     assert y.dtype == torch.bfloat16  # c_proj still ran in bf16
     assert torch.allclose(y.float(), seed_style_attention(attn, x).detach(), atol=0.05)
@@ -112,7 +113,7 @@ def test_attention_maps_are_the_models_weights_rows_of_distributions_over_the_pa
     attn, x = model.transformer.h[0].attn, model.transformer.h[0].ln_1(model._embed(idx))
     _, _, v = attn._qkv(x)
     by_hand = attn.c_proj((maps[0] @ v).transpose(1, 2).reshape(1, 12, -1))
-    assert torch.allclose(by_hand, attn(x), atol=1e-6)  # what forward applies to the values
+    assert torch.allclose(by_hand, attn(x)[0], atol=1e-6)  # what forward applies to the values
 
 
 def test_attn_dropout_zero_keeps_the_attention_weights_whole_while_the_residual_drops():
@@ -123,9 +124,9 @@ def test_attn_dropout_zero_keeps_the_attention_weights_whole_while_the_residual_
     x = torch.randn(2, 16, 16)
     residual = attention.resid_dropout
     attention.resid_dropout = torch.nn.Identity()
-    torch.testing.assert_close(attention.train()(x), attention.eval()(x))  # no dropout on the weights
+    torch.testing.assert_close(attention.train()(x)[0], attention.eval()(x)[0])  # no dropout on the weights
     attention.resid_dropout = residual
-    assert not torch.equal(attention.train()(x), attention.eval()(x))  # the residual branch still drops
+    assert not torch.equal(attention.train()(x)[0], attention.eval()(x)[0])  # the residual branch still drops
     both = CausalSelfAttention(GPTConfig(**{**config.__dict__, "attn_dropout": None}))
     assert both.dropout == 0.5  # unset: the lecture's one dropout everywhere
 
@@ -150,11 +151,11 @@ def test_the_attention_gate_scales_each_heads_output():
     attn, x = model.transformer.h[0].attn, torch.rand(2, 16, 16) + 0.1  # positive: a negative weight shuts the gate
     with torch.no_grad():
         attn.gate.weight.zero_()  # sigmoid(0): every head at half its output
-        half = attn(x)
+        half = attn(x)[0]
         attn.gate.weight.fill_(-1e4)  # every gate shut: only the projection's bias is left
-        shut = attn(x)
+        shut = attn(x)[0]
         attn.gate = None
-        whole = attn(x)
+        whole = attn(x)[0]
     bias = attn.c_proj.bias
     torch.testing.assert_close(half - bias, 0.5 * (whole - bias))
     torch.testing.assert_close(shut, bias.expand_as(shut))
