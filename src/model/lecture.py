@@ -176,21 +176,65 @@ class LectureModel(LanguageModel):
         return maps
 
 
-def stage(name: str, **what: bool | int) -> type[LectureModel]:
-    return type(name, (LectureModel,), {"stage": Stage(**what), "__doc__": LectureModel.__doc__})
-
-
 # the lecture's stages in its order (the bigram, its first, is src.model.bigram; its last, the scaled-up GPT,
-# src.model.gpt): model_type -> class
-STAGES = {
-    "lecture_embed": stage("EmbeddingModel"),
-    "lecture_head": stage("OneHeadModel", heads=True),
-    "lecture_heads": stage("MultiHeadModel", heads=True),
-    "lecture_ffwd": stage("FeedForwardModel", heads=True, ffwd=True),
-    "lecture_blocks": stage("BlocksModel", heads=True, ffwd=True, blocks=True),
-    "lecture_residual": stage("ResidualModel", heads=True, ffwd=True, blocks=True, residual=True),
-    "lecture_residual_4x": stage("WideResidualModel", heads=True, ffwd=True, blocks=True, residual=True, widen=4),
-    "lecture_layernorm": stage(
-        "LayerNormModel", heads=True, ffwd=True, blocks=True, residual=True, widen=4, layernorm=True
-    ),
+# src.model.gpt), each a class that says what it adds
+
+
+class EmbeddingModel(LectureModel):
+    """Step 02: token and position embeddings and an output layer; nothing reads across positions yet."""
+
+    stage = Stage()
+
+
+class OneHeadModel(LectureModel):
+    """Step 03: + one head of self-attention (``n_head: 1``)."""
+
+    stage = Stage(heads=True)
+
+
+class MultiHeadModel(LectureModel):
+    """Step 04: several heads side by side (``n_head: 4``, each a quarter as wide)."""
+
+    stage = Stage(heads=True)
+
+
+class FeedForwardModel(LectureModel):
+    """Step 05: + a feed-forward layer (Linear, ReLU) after attention."""
+
+    stage = Stage(heads=True, ffwd=True)
+
+
+class BlocksModel(LectureModel):
+    """Step 06: attention and feed-forward stacked in ``n_layer`` blocks, without residual connections."""
+
+    stage = Stage(heads=True, ffwd=True, blocks=True)
+
+
+class ResidualModel(LectureModel):
+    """Step 07: + residual connections, each sub-layer projected back into the stream."""
+
+    stage = Stage(heads=True, ffwd=True, blocks=True, residual=True)
+
+
+class WideResidualModel(LectureModel):
+    """Step 08: the feed-forward 4x as wide inside."""
+
+    stage = Stage(heads=True, ffwd=True, blocks=True, residual=True, widen=4)
+
+
+class LayerNormModel(LectureModel):
+    """Step 09: + LayerNorm before each sub-layer and before the output layer."""
+
+    stage = Stage(heads=True, ffwd=True, blocks=True, residual=True, widen=4, layernorm=True)
+
+
+STAGES = {  # model_type -> class
+    "lecture_embed": EmbeddingModel,
+    "lecture_head": OneHeadModel,
+    "lecture_heads": MultiHeadModel,
+    "lecture_ffwd": FeedForwardModel,
+    "lecture_blocks": BlocksModel,
+    "lecture_residual": ResidualModel,
+    "lecture_residual_4x": WideResidualModel,
+    "lecture_layernorm": LayerNormModel,
 }
