@@ -5,7 +5,7 @@ several seeds, and one table of the validation losses beside the lecture's own f
     python benchmarks/lecture_ladder.py --recipes lecture --seeds 1337
     tensorboard --logdir lightning_logs/lecture                # every run's curves side by side
 
-Each run is an ordinary ``python -m src.train fit --config configs/lecture/NN.yaml``, made by ``src.train.main``
+Each run is an ordinary ``python -m src.train fit --config configs/lecture/NN.yaml``, made by ``src.training.fit.fit``
 in one of ``--jobs`` worker processes (one thread each), in ``lightning_logs/lecture/<recipe>/<stage>/seed<k>``,
 its output in ``ladder.log`` there. A worker makes many fits, so Lightning's ~4 s import is paid once per worker,
 not once per run. A run that is already there is resumed, so a finished ladder prints again at once. The scaled-up
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import statistics
 import sys
 import time
@@ -28,18 +29,21 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # src, here and in the workers (spawn hands them this path)
-# file, what the stage adds, the lecture's val loss (None where it reports none)
-STAGES = [
-    ("01_bigram", "the bigram: a table of next-character logits", 2.49),
-    ("02_embed", "token and position embeddings, an output layer", None),
-    ("03_one_head", "one self-attention head (size 32)", 2.4),
-    ("04_four_heads", "four heads of 8 in parallel", 2.28),
-    ("05_feed_forward", "a feed-forward layer after attention", 2.24),
-    ("06_blocks", "three blocks, no residual connections", None),
-    ("07_residual", "residual connections and projections", None),
-    ("08_residual_4x", "the feed-forward 4x wide inside", 2.09),
-    ("09_layernorm", "LayerNorm before each sub-layer and the head", 2.06),
-]
+LECTURE = REPO / "configs" / "lecture"
+
+
+def stages() -> list[tuple[str, str, float | None]]:
+    """(file, what the stage adds, the lecture's val loss or None) of every config in configs/lecture/, in order,
+    from each file's header: "# The lecture, step NN: WHAT ... (N parameters). The lecture: ~2.4." """
+    found = []
+    for path in sorted(LECTURE.glob("*.yaml")):
+        header = " ".join(line[2:] for line in path.read_text().splitlines() if line.startswith("# "))
+        what = re.split(r": | \(\d[\d,]*( parameters)?\)", header.split(": ", 1)[1])[0].removeprefix("+ ")
+        figure = re.search(r"The lecture: ~?(\d\.\d+)", header)
+        found.append((path.stem, what[0].upper() + what[1:], float(figure.group(1)) if figure else None))
+    return found
+
+
 RECIPES = {
     "lecture": [],  # the configs as they are: constant rate, PyTorch's init, AdamW's defaults
     "chargpt": [  # GPT-2 init, warmup into cosine decay to a tenth, chargpt's AdamW settings and clipping
@@ -51,7 +55,9 @@ RECIPES = {
 
 def run(stage: str, recipe: str, seed: int, root: Path, extra: list[str], maps: bool = True) -> dict:
     """One fit in this worker process; its output goes to ladder.log in the run's folder."""
-    config = REPO / "configs" / "lecture" / f"{stage}.yaml"
+    from src.training.fit import fit  # imported once per worker
+
+    config = LECTURE / f"{stage}.yaml"
     # val loss every 1,000 steps rather than the lecture's 500 (the same final figure; the curve has half the points),
     # attention maps at the end of the first seed's runs only: together ~60 s of the ladder's 11 minutes
     maps_flags = ["--attention_maps.every_n_steps=5000"] if maps else ["--attention_maps.enabled=false"]
@@ -59,29 +65,16 @@ def run(stage: str, recipe: str, seed: int, root: Path, extra: list[str], maps: 
     if recipe == "chargpt":
         flags.append(f"--model.min_lr={learning_rate(config) / 10}")
     name = f"lecture/{recipe}/{stage}/seed{seed}"
-    args = ["fit", f"--config={config}", f"--run_name={name}", f"--seed_everything={seed}", f"--data.seed={seed}"]
+    args = [f"--config={config}", f"--run_name={name}", f"--seed_everything={seed}", f"--data.seed={seed}"]
     args += [f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *flags, *extra]
     log = root / name / "ladder.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with quiet(log):
-        code = fit([*args, "--ckpt_path=last"])
-    if code != 0:
-        raise RuntimeError(f"{name} failed (exit status {code}); the end of {log}:\n{log.read_text()[-3000:]}")
-    ckpt = torch.load(root / name / "checkpoints" / "last.ckpt", weights_only=True)
-    final = ckpt["callbacks"]["FitSummary"]["final"]
-    params = sum(v.numel() for k, v in ckpt["state_dict"].items() if k.startswith("model."))
-    return {"val": final[0], "params": params, "wall": time.perf_counter() - started}
-
-
-def fit(args: list[str]) -> int:
-    from src.train import main  # imported once per worker
-
     try:
-        main(args)
-    except SystemExit as stop:  # the CLI's own exits: bad input, an interrupted fit
-        return stop.code if isinstance(stop.code, int) else 1
-    return 0
+        with quiet(log):
+            result = fit([*args, "--ckpt_path=last"])
+    except Exception as err:  # a worker's exception reaches the parent without the run's output: add its end
+        raise RuntimeError(f"{name} failed ({err!r}); the end of {log}:\n{log.read_text()[-3000:]}") from None
+    return {"val": result.final_val, "params": result.params, "wall": result.wall}
 
 
 class quiet:
@@ -122,17 +115,18 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     argv = sys.argv[1:]
+    ladder = stages()
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
-    p.add_argument("--stages", nargs="+", choices=[s for s, _, _ in STAGES], default=[s for s, _, _ in STAGES])
+    p.add_argument("--stages", nargs="+", choices=[s for s, _, _ in ladder], default=[s for s, _, _ in ladder])
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     p.add_argument("--root", default="lightning_logs", help="--trainer.default_root_dir of every run")
     a = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     root = Path(a.root)
     # the longest stages first, so that the two workers finish together
-    jobs = [(s, r, seed) for s, _, _ in reversed(STAGES) if s in a.stages for r in a.recipes for seed in a.seeds]
+    jobs = [(s, r, seed) for s, _, _ in reversed(ladder) if s in a.stages for r in a.recipes for seed in a.seeds]
     started = time.perf_counter()
     spawn = multiprocessing.get_context("spawn")  # the same on Linux, macOS and Windows; no forked torch state
     with ProcessPoolExecutor(a.jobs, mp_context=spawn, initializer=one_thread) as pool:
@@ -142,7 +136,7 @@ def main() -> None:
     header += "".join(f" {r} recipe: val (mean ± half range) | wall (s) |" for r in a.recipes)
     print(header)
     print("|" + " --- |" * (4 + 2 * len(a.recipes)))
-    for stage, adds, lecture in STAGES:
+    for stage, adds, lecture in ladder:
         if stage not in a.stages:
             continue
         first = results[(stage, a.recipes[0], a.seeds[0])]

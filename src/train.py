@@ -12,6 +12,7 @@ from src import already_said, disk_error, entry_point
 from src.errors import UserError
 from src.training.cli import build_cli, notice, resume_command, with_default_config
 from src.training.divergence import EXIT_DIVERGED, Diverged
+from src.training.fit import fit
 from src.training.last_checkpoint import TrainingInterrupted
 
 
@@ -21,9 +22,11 @@ def main(args: list[str] | None = None) -> None:
         try:
             if args is None:  # the command line itself, which DDP's child processes are started with again
                 sys.argv[1:] = with_default_config(sys.argv[1:])
-                build_cli()
+            argv = sys.argv[1:] if args is None else with_default_config(list(args))
+            if argv[:1] == ["fit"]:
+                fit(argv[1:])
             else:
-                build_cli(with_default_config(list(args)))
+                build_cli(argv)
         except UserError as err:
             notice(f"chargpt: error: {err}")  # under DDP every rank stops with the same error: rank 0 says it
             sys.exit(2)

@@ -179,9 +179,9 @@ class FitSummary(L.Callback):
         wall time, where its checkpoints are and the commands that resume it, sample from it and show it.
 
         Args:
-            enabled: set false for no summary.
+            enabled: set false for no summary (the run still keeps its figures: ``src.training.fit`` returns them).
         """
-        self.enabled = enabled
+        self.show = enabled  # not ``enabled``, which would leave the callback out of the run
         self.best: tuple[float, int] | None = None  # (val loss, step), kept across a resume
         self.final: tuple[float, int] | None = None
         self.commands: dict[str, str] = {}  # what to run next, by purpose: the CLI fills it in
@@ -206,7 +206,7 @@ class FitSummary(L.Callback):
             self.report(trainer, f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}")
 
     def report(self, trainer: L.Trainer, how: str) -> None:
-        if trainer.is_global_zero:
+        if self.show and trainer.is_global_zero:
             print("\n".join(self.lines(trainer, how)), flush=True)
 
     def lines(self, trainer: L.Trainer, how: str) -> list[str]:

@@ -183,8 +183,11 @@ def test_each_config_states_what_its_stage_adds_and_its_true_size(path):
     assert built.num_params() == stated
 
 
-def test_the_ladder_runs_every_stage_in_the_lectures_order():
-    from benchmarks.lecture_ladder import STAGES as LADDER
+def test_the_ladder_reads_every_stage_in_the_lectures_order_from_the_configs():
+    from benchmarks.lecture_ladder import stages
 
-    assert [stage for stage, _, _ in LADDER] == [p.stem for p in CONFIGS]
+    ladder = stages()
+    assert [stage for stage, _, _ in ladder] == [p.stem for p in CONFIGS]
+    assert ladder[0] == ("01_bigram", "The bigram", 2.49)  # what it adds and the lecture's figure, from its header
+    assert [figure for _, _, figure in ladder] == [2.49, None, 2.4, 2.28, 2.24, None, None, 2.09, 2.06]
     assert GPTConfig().init == "gpt2"  # the scaled-up stage (configs/gpt_lecture.yaml) is the production GPT
