@@ -7,9 +7,6 @@ handler (``src.training.last_checkpoint``), which saves first.
 """
 
 import contextlib
-import importlib
-import importlib.abc
-import importlib.util
 import os
 import re
 import signal
@@ -121,48 +118,9 @@ def say_stopped() -> None:
         print("chargpt: stopped by Ctrl-C", file=sys.stderr, flush=True)
 
 
-# modules that moved into packages (2026-12): configs and config.yaml files that runs saved before name classes by the
-# old paths (a run's logger is src.board.TensorBoard), and they keep loading and resuming
-MOVED = {
-    "src.corpus": "src.data.corpus",
-    "src.tokenizer": "src.data.tokenizer",
-    "src.token_cache": "src.data.token_cache",
-    "src.dropout": "src.model.dropout",
-    "src.sampling": "src.generation.sampling",
-    "src.decoding": "src.generation.decoding",
-    "src.checkpoint": "src.checkpoints.checkpoint",
-    "src.build": "src.checkpoints.build",
-    "src.pretrained": "src.checkpoints.pretrained",
-    "src.module": "src.training.module",
-    "src.optim": "src.training.optim",
-    "src.callbacks": "src.training.callbacks",
-    "src.board": "src.training.board",
-    "src.rng": "src.training.rng",
-    "src.last_checkpoint": "src.training.last_checkpoint",
-    "src.engine": "src.serving.engine",
-    "src.service": "src.serving.service",
-    "src.serve_app": "src.serving.serve_app",
-    "src.completions": "src.serving.completions",
-}
-
-
-class OldNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import src.board`` gives ``src.training.board`` itself (one module object under both names)."""
-
-    def find_spec(self, name, path=None, target=None):
-        return importlib.util.spec_from_loader(name, self) if name in MOVED else None
-
-    def create_module(self, spec):
-        return importlib.import_module(MOVED[spec.name])
-
-    def exec_module(self, module) -> None:
-        pass
-
-
 _entered = False
 _said: list[BaseException] = []  # the errors thread_error has reported
 MAIN_PID = os.getpid()
-sys.meta_path.append(OldNames())
 if sys.argv[:1] == ["-m"]:  # what sys.argv[0] is while `python -m src.x` imports the package, and never otherwise
     signal.signal(signal.SIGINT, stop_on_ctrl_c)
 check_floors()

@@ -121,7 +121,7 @@ class ChargptCLI(LightningCLI):
         self._started = budget.clock()  # where a time budget starts
         self._argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         refuse_renamed(self._argv)
-        super().parse_arguments(parser, args)
+        super().parse_arguments(parser, args if isinstance(args, dict) else with_moved_classes(self._argv))
         self._budget = None
         if self.config.get("subcommand"):
             config, subcommand = self.config[self.config.subcommand], self.config.subcommand
@@ -255,6 +255,74 @@ class ChargptCLI(LightningCLI):
 # rebuilds the schedule); LightningCLI takes every other one from the checkpoint
 RESUME_RATES = ("learning_rate", "min_lr")
 RENAMED = {"attention": "attention_maps", "data.strict": "data.strict_utf8"}  # old config keys -> new
+# modules that moved into packages (2026-12): the class paths that older configs and runs' config.yaml name (a run's
+# logger is src.board.TensorBoard), rewritten to the new modules before the CLI reads them
+MOVED = {
+    "src.corpus": "src.data.corpus",
+    "src.tokenizer": "src.data.tokenizer",
+    "src.token_cache": "src.data.token_cache",
+    "src.dropout": "src.model.dropout",
+    "src.sampling": "src.generation.sampling",
+    "src.decoding": "src.generation.decoding",
+    "src.checkpoint": "src.checkpoints.checkpoint",
+    "src.build": "src.checkpoints.build",
+    "src.pretrained": "src.checkpoints.pretrained",
+    "src.module": "src.training.module",
+    "src.optim": "src.training.optim",
+    "src.callbacks": "src.training.callbacks",
+    "src.board": "src.training.board",
+    "src.rng": "src.training.rng",
+    "src.last_checkpoint": "src.training.last_checkpoint",
+    "src.engine": "src.serving.engine",
+    "src.service": "src.serving.service",
+    "src.serve_app": "src.serving.serve_app",
+    "src.completions": "src.serving.completions",
+}
+
+
+def moved(name: str) -> str:
+    """A class path at its module's new place (``src.board.TensorBoard`` -> ``src.training.board.TensorBoard``)."""
+    module, _, cls = name.rpartition(".")
+    return f"{MOVED[module]}.{cls}" if module in MOVED else name
+
+
+def with_moved_classes(args: list[str]) -> list[str]:
+    """``args`` with old class paths rewritten: in flags (``--trainer.logger=src.board.TensorBoard``) and in
+    ``--config`` files, which are then given as their rewritten YAML text (the CLI takes a file or its contents)."""
+    out, config_next = [], False
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if config_next or (flag == "--config" and eq):
+            text = value if eq else arg
+            rewritten = rewrite_classes(read_yaml(text))
+            text = yaml.safe_dump(rewritten, sort_keys=False) if rewritten is not None else text
+            out.append(f"--config={text}" if eq else text)
+        elif flag.startswith("--") and eq and moved(value) != value:
+            out.append(f"{flag}={moved(value)}")
+        else:
+            out.append(arg)
+        config_next = arg == "--config"
+    return out
+
+
+def rewrite_classes(config) -> dict | None:
+    """The config with every ``class_path`` at its module's new place, or None when none moved."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "class_path" and isinstance(value, str) and moved(value) != value:
+                    node[key] = moved(value)
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(config)
+    return config if found else None
 
 
 def refuse_renamed(args: list[str]) -> None:

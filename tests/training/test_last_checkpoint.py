@@ -147,12 +147,6 @@ def test_signal_handlers_are_restored_after_fit(workdir, tiny_corpus):
     assert {signum: signal.getsignal(signum) for signum in before} == before
 
 
-def test_resume_command_replaces_any_ckpt_path():
-    args = ["fit", "--config", "my run.yaml", "--ckpt_path", "x.ckpt", "--ckpt_path=y.ckpt", "--trainer.max_steps=9"]
-    expected = "python -m src.train fit --config 'my run.yaml' --trainer.max_steps=9 --ckpt_path last"
-    assert resume_command(args) == expected
-
-
 def read_only(folder: Path) -> list[str]:
     """A command prefix under which ``folder`` is read-only, even for root (whom file modes do not stop)."""
     if os.geteuid() != 0:
