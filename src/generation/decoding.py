@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -71,6 +71,23 @@ def short_prompt(block_size: int) -> int:
     return max(1, block_size // 32)
 
 
+def prefill(length: int, block_size: int, one: Callable[[int, bool], Any], whole: Callable[[], Any]) -> Any:
+    """Caches a prompt of ``length`` tokens from position 0 and returns what the call at its last position returns:
+    a short prompt (``short_prompt``) one token per call, ``one(position, last)``, a longer one in one call,
+    ``whole()``. ``Decoder.prefill`` and the server's engine both fill their caches by this rule."""
+    if length > short_prompt(block_size):
+        return whole()
+    for position in range(length):
+        out = one(position, position == length - 1)
+    return out
+
+
+def refill_length(block_size: int, cache: str, cached: int) -> int:
+    """How many of the last tokens fill the cache from position 0: the whole window (at the start, and in ``exact``
+    mode), or half of it once the window is full in ``window`` mode (see the module docstring)."""
+    return (block_size // 2 or 1) if cache == "window" and cached else block_size
+
+
 @functools.cache
 def compiled_next_token() -> Any:
     """``next_token`` compiled once per process (each shape, dtype and set of sampling options is a graph of its
@@ -106,7 +123,6 @@ class Decoder:
         self.padded = torch.zeros(batch_size, self.block_size, dtype=torch.long, device=self.device)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.no_noise = torch.ones(batch_size, self.vocab_size, device=self.device)  # for steps whose draw is unused
-        self.short = short_prompt(self.block_size)
 
     def __enter__(self) -> Decoder:
         self.training = self.model.training
@@ -120,10 +136,13 @@ class Decoder:
 
     def prefill(self, idx: torch.Tensor, generator: Generators) -> torch.Tensor:
         """The token after ``idx`` (B, T <= block_size), its first token at position 0; caches all of it."""
-        if idx.size(1) <= self.short:
-            for position in range(idx.size(1) - 1):
-                self.step(idx[:, position : position + 1], position, generator, draws=False)
-            return self.step(idx[:, -1:], idx.size(1) - 1, generator)
+
+        def one(position: int, last: bool) -> torch.Tensor:  # only the last position's draw is used
+            return self.step(idx[:, position : position + 1], position, generator, draws=last)
+
+        return prefill(idx.size(1), self.block_size, one, lambda: self._whole(idx, generator))
+
+    def _whole(self, idx: torch.Tensor, generator: Generators) -> torch.Tensor:
         index = torch.tensor(idx.size(1) - 1, device=self.device)
         if not self.compiled:  # eager: the padding would only cost time (a refill of half a window, twice over)
             return self._call(idx, self.positions[: idx.size(1)], index, generator)
@@ -183,7 +202,7 @@ def generate_tokens(
                 token = decoder.step(seq[:, -1:], cached, generator)
                 cached += 1
             else:
-                refill = seq[:, -(window // 2 or 1) :] if cache == "window" and cached else seq[:, -window:]
+                refill = seq[:, -refill_length(window, cache, cached) :]
                 token = decoder.prefill(refill, generator)
                 cached = refill.size(1)
             seq = torch.cat([seq[:, -window:], token], dim=1)

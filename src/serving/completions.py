@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, 
 
 from src.data.tokenizer import ByteTokenizer, Tokenizer, prompt_ids
 from src.generation.sampling import check_sampling_args
-from src.serving.engine import Score
+from src.serving.scoring import Score
 
 Number = StrictFloat | StrictInt  # JSON numbers: 1 and 1.0 alike, but never the string "1"
 

@@ -12,10 +12,8 @@ last row's cache), so a step costs what the completions being served need, not `
 in this round still rides in the batched step as padding: what it writes there sits at its next position, which its
 next step overwrites before reading.
 
-A completion that asks for ``logprobs`` gets a ``Score`` per token: the model's own log-softmax at the token (before
-temperature and the top-k/top-p filters, which change only what is drawn) and its ``logprobs`` most likely
-alternatives. With ``score_prompt``, its prompt's tokens are scored too, in one forward pass over the prompts of every
-completion that joins in that round; ``max_tokens`` 0 then scores without generating.
+A completion that asks for ``logprobs`` gets a ``Score`` per token (``src.serving.scoring``); with ``score_prompt``,
+its prompt's too, in one forward pass per round; ``max_tokens`` 0 then scores without generating.
 
 The engine runs in a thread of its own, so the model never blocks the server's event loop; ``submit`` and
 ``cancel`` may be called from any thread, and ``sink`` receives each round's text from the engine's thread.
@@ -28,17 +26,16 @@ import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
-from torch.nn import functional as F
 
 from src.data.tokenizer import Tokenizer
 from src.errors import UserError
-from src.generation.decoding import CACHE_MODES, short_prompt
+from src.generation.decoding import CACHE_MODES, prefill, refill_length
 from src.generation.sampling import draw, exponential_noise
 from src.generation.stop import StopAtText
 from src.model import LanguageModel
+from src.serving.scoring import Score, score_prompts, score_tokens
 
 
 @dataclass(frozen=True)
@@ -48,23 +45,34 @@ class Sampling:
     top_p: float | None = None
 
 
-@dataclass(eq=False)
-class Completion:
-    """One text being decoded: its prompt ids (already cropped to the window), options and progress."""
+@dataclass(frozen=True)
+class Request:
+    """What one completion asks for: plain values, which cross to a worker process whole."""
 
-    ids: list[int]
+    ids: tuple[int, ...]  # the prompt's ids, already cropped to the window
     max_tokens: int
     seed: int
     sampling: Sampling = Sampling()
-    stops: list[str] = field(default_factory=list)
+    stops: tuple[str, ...] = ()
     logprobs: int | None = None  # alternatives to score per token (0 to 5); None: no scores
     score_prompt: bool = False  # score the prompt's tokens too (the prompt must fit the window)
+
+
+@dataclass(eq=False)
+class Completion:
+    """One request being decoded and the engine's progress on it."""
+
+    request: Request
     tag: object = None  # the caller's (the server keeps its request and choice index here)
+    ids: list[int] = field(init=False)  # the prompt and the tokens so far, the last window of them
     produced: int = 0
     finish_reason: str | None = None
     cancelled: bool = False
     cached: int = 0  # tokens of ids held in its cache row; 0 until it joins
     slot: int = -1
+
+    def __post_init__(self) -> None:
+        self.ids = list(self.request.ids)
 
 
 class QueueFull(Exception):
@@ -88,37 +96,8 @@ class Pieces:
         return text
 
 
-Alternatives = list[tuple[int, float]]  # (token, log-probability), the most likely first
-
-
-class Score(NamedTuple):
-    """One token's log-probability under the model and its most likely alternatives (both None for the prompt's
-    first token, which nothing predicts); ``text`` is the text the token completes ('' for the first bytes of a
-    multi-byte character)."""
-
-    token: int
-    logprob: float | None
-    top: Alternatives | None
-    text: str
-
-
 # (completion, new text, finish reason once it is done, the scores of its new tokens: [] without logprobs)
 Event = tuple[Completion, str, str | None, list[Score]]
-
-
-def score_rows(logprobs: torch.Tensor, tokens: list[int], alternatives: list[int]) -> list[tuple[float, Alternatives]]:
-    """(log-probability of ``tokens[i]``, the ``alternatives[i]`` most likely tokens with theirs, and the token itself
-    when it is not among them, as vLLM does) for each row i of ``logprobs`` (N, V)."""
-    index = torch.tensor(tokens, dtype=torch.long, device=logprobs.device).view(-1, 1)  # (N, 1)
-    chosen = logprobs.gather(1, index)[:, 0].tolist()
-    values, ids = logprobs.topk(max(alternatives, default=0), dim=-1)  # (N, the most asked for), the best first
-    out = []
-    for token, logprob, k, top_values, top_ids in zip(tokens, chosen, alternatives, values.tolist(), ids.tolist()):
-        top = list(zip(top_ids[:k], top_values[:k]))
-        if token not in top_ids[:k]:
-            top.append((token, logprob))
-        out.append((logprob, top))
-    return out
 
 
 def check_servable(model: LanguageModel) -> None:
@@ -210,24 +189,27 @@ class Engine:
     def _round(self) -> None:
         events: list[Event] = []
         try:
-            self._score_prompts([c for c in self.active if c.score_prompt and c.produced == 0 and c.cached == 0])
+            joining = [c for c in self.active if c.request.score_prompt and c.produced == c.cached == 0]
+            if joining:
+                asked = [c.request.logprobs or 0 for c in joining]
+                scores = score_prompts(self.model, self.tokenizer, [c.request.ids for c in joining], asked)
+                for completion, scored in zip(joining, scores):
+                    self.state[completion].scores = scored
             fresh, stepping = [], []
             for completion in self.active:
-                if completion.max_tokens == 0:  # scoring only: the prompt's scores are all it gets
+                if completion.request.max_tokens == 0:  # scoring only: the prompt's scores are all it gets
                     completion.finish_reason = "length"
                     events.append((completion, "", "length", self.state[completion].scores))
                 elif completion.cached in (0, self.window):  # joining, or its window is full
                     fresh.append(completion)
                 else:
                     stepping.append(completion)
-            if fresh:
-                tokens, logits = self._prefill(fresh)
-                for completion, token, scored in zip(fresh, tokens, self._score(fresh, tokens, logits)):
-                    self._take(completion, token, scored, events)
-            if stepping:
-                tokens, logits = self._step(stepping)
-                for completion, token, scored in zip(stepping, tokens, self._score(stepping, tokens, logits)):
-                    self._take(completion, token, scored, events)
+            for members, decode in ((fresh, self._prefill), (stepping, self._step)):
+                if members:
+                    tokens, logits = decode(members)
+                    scores = score_tokens([c.request.logprobs for c in members], tokens, logits)
+                    for completion, token, scored in zip(members, tokens, scores):
+                        self._take(completion, token, scored, events)
         except Exception as err:  # a failing step must not leave the other requests hanging
             failed = f"{type(err).__name__}: {err}"
             events += [(c, failed, "error", []) for c in self.active if c.finish_reason is None]
@@ -241,8 +223,8 @@ class Engine:
     def _join(self, completion: Completion) -> None:
         completion.slot, completion.cached = len(self.active), 0
         self.active.append(completion)
-        generator = torch.Generator(device=self.device).manual_seed(completion.seed)
-        self.state[completion] = _State(generator, self.tokenizer.stream_decoder(), completion.stops)
+        generator = torch.Generator(device=self.device).manual_seed(completion.request.seed)
+        self.state[completion] = _State(generator, self.tokenizer.stream_decoder(), list(completion.request.stops))
 
     def _free(self, completion: Completion) -> None:
         """Pack the rows: the last row moves into the freed slot, its cache with it."""
@@ -266,8 +248,7 @@ class Engine:
         the logits (len(fresh), V) it was drawn from; ``fresh`` is put in the order of its new slots. Their cache
         rows are about to be refilled from position 0, so they move to the last slots, those with the same number of
         tokens side by side, and each such group fills its rows in one call (as ``Decoder.prefill`` fills one)."""
-        ids = {c: c.ids[-(self.window // 2 or 1) :] if c.cached and self.cache == "window" else c.ids[-self.window :]
-               for c in fresh}  # fmt: skip
+        ids = {c: c.ids[-refill_length(self.window, self.cache, c.cached) :] for c in fresh}
         with self.changed:
             self._gather(fresh, key=lambda c: len(ids[c]))
         fresh.sort(key=lambda c: c.slot)  # and so by length
@@ -299,20 +280,23 @@ class Engine:
         """The logits (B, V) after ``batch`` (B, T), its tokens cached from position 0 in the rows in use: a short
         prompt a token at a time, a longer one in one call, as ``Decoder.prefill`` does."""
         T, first = batch.size(1), torch.tensor(0, device=self.device)
-        if T <= short_prompt(self.window):
-            for position in range(T):
-                logits = self.model.next_logits(
-                    batch[:, position : position + 1], self.positions[position : position + 1], first
-                )
-            return logits
-        return self.model.next_logits(batch, self.positions[:T], torch.tensor(T - 1, device=self.device))
+
+        def one(position: int, last: bool) -> torch.Tensor:
+            return self.model.next_logits(
+                batch[:, position : position + 1], self.positions[position : position + 1], first
+            )
+
+        def whole() -> torch.Tensor:
+            return self.model.next_logits(batch, self.positions[:T], torch.tensor(T - 1, device=self.device))
+
+        return prefill(T, self.window, one, whole)
 
     def _draw(self, members: list[Completion], logits: torch.Tensor) -> list[int]:
         """A token for each of ``members`` from its row of ``logits``, with its generator and sampling options
         (members with the same options share one draw)."""
         groups: dict[Sampling, list[int]] = collections.defaultdict(list)
         for i, completion in enumerate(members):
-            groups[completion.sampling].append(i)
+            groups[completion.request.sampling].append(i)
         drawn = [0] * len(members)
         for sampling, rows in groups.items():
             noise = None
@@ -324,37 +308,6 @@ class Engine:
             for i, token in zip(rows, picked[:, 0].tolist()):
                 drawn[i] = token
         return drawn
-
-    def _score_prompts(self, completions: list[Completion]) -> None:
-        """The scores of these completions' prompts, from one forward pass over all of them (padded on the right,
-        which causal attention never lets an earlier position see)."""
-        if not completions:
-            return
-        longest = max(len(c.ids) for c in completions)
-        batch = torch.zeros(len(completions), longest, dtype=torch.long, device=self.device)
-        for row, completion in enumerate(completions):
-            batch[row, : len(completion.ids)] = torch.tensor(completion.ids, device=self.device)
-        logits, _ = self.model(batch)  # (B, T, V)
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        for row, completion in enumerate(completions):
-            ids, decode = completion.ids, self.tokenizer.stream_decoder()
-            texts = [decode([token]) for token in ids]
-            texts[-1] += decode([], final=True)
-            scored = score_rows(logprobs[row, : len(ids) - 1], ids[1:], [completion.logprobs or 0] * (len(ids) - 1))
-            first = Score(ids[0], None, None, texts[0])
-            self.state[completion].scores = [first] + [Score(t, *sc, x) for t, sc, x in zip(ids[1:], scored, texts[1:])]
-
-    def _score(self, completions: list[Completion], tokens: list[int], logits: torch.Tensor) -> list:
-        """The scores of ``tokens`` under their rows of ``logits`` (N, V), from one log-softmax over the rows of
-        the completions that ask for logprobs; None for the others."""
-        rows = [i for i, c in enumerate(completions) if c.logprobs is not None]
-        out: list[tuple[float, Alternatives] | None] = [None] * len(completions)
-        if rows:
-            logprobs = F.log_softmax(logits[rows].float(), dim=-1)  # (R, V)
-            asked = [completions[i].logprobs for i in rows]
-            for i, scored in zip(rows, score_rows(logprobs, [tokens[i] for i in rows], asked)):
-                out[i] = scored
-        return out
 
     def _step(self, stepping: list[Completion]) -> tuple[list[int], torch.Tensor]:
         """One token for each of ``stepping``, and the logits (len(stepping), V) they were drawn from; every active
@@ -375,7 +328,7 @@ class Engine:
         state = self.state[completion]
         text = state.decode([token])
         stopped = state.text.write(text)
-        if not stopped and completion.produced >= completion.max_tokens:
+        if not stopped and completion.produced >= completion.request.max_tokens:
             tail = state.decode([], final=True)
             text += tail
             state.text.write(tail)

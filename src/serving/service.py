@@ -17,7 +17,8 @@ from src.data.tokenizer import Tokenizer, check_ids, prompt_ids
 from src.errors import UserError
 from src.serving import completions as api
 from src.serving.completions import RequestError
-from src.serving.engine import Completion, Engine, Event, QueueFull, Sampling, Score
+from src.serving.engine import Completion, Engine, Event, QueueFull, Request, Sampling
+from src.serving.scoring import Score
 from src.serving.workers import EngineLost, EnginePool
 
 MAX_BODY = 1 << 20  # bytes: a prompt longer than the context window is cropped (or, to be scored, refused) anyway
@@ -43,7 +44,7 @@ class Job:
         self.queue: asyncio.Queue[tuple[int, str, str | None, list[Score]]] = asyncio.Queue()
         self.submitted, self.first_token = time.perf_counter(), None
         self.open = len(completions)
-        self.logprobs = [api.Logprobs(tokenizer) if c.logprobs is not None else None for c in completions]
+        self.logprobs = [api.Logprobs(tokenizer) if c.request.logprobs is not None else None for c in completions]
 
     def scored(self, index: int, text: str, scores: list[Score], finished: bool) -> dict | None:
         """The logprobs entries of choice ``index`` that ``text`` completes; None when it asked for none."""
@@ -133,14 +134,16 @@ class Server:
         count = len(prompts) * request.n
         completions = [
             Completion(
-                ids[j // request.n][-window:],
-                request.max_tokens,
-                seed,
-                sampling,
-                api.stops(request),
-                logprobs=request.logprobs,
-                score_prompt=scoring,
-            )  # fmt: skip
+                Request(
+                    tuple(ids[j // request.n][-window:]),
+                    request.max_tokens,
+                    seed,
+                    sampling,
+                    tuple(api.stops(request)),
+                    logprobs=request.logprobs,
+                    score_prompt=scoring,
+                )
+            )
             for j, seed in enumerate(api.seeds(request, count))
         ]
         echoes = [echoes[j // request.n] for j in range(count)]

@@ -42,6 +42,20 @@ class _Worker:
     alive: bool = True
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process is started with: the model as plain values and tensors, and its engine's settings."""
+
+    values: dict  # src.checkpoints.build.describe: the model's and the tokenizer's description
+    state: dict[str, torch.Tensor]
+    dtype: torch.dtype
+    slots: int
+    max_queue: int
+    cache: str
+    threads: int
+    interval: float  # seconds a worker may hold its rounds' text before sending it (a first token goes at once)
+
+
 class EnginePool:
     """``workers`` engines of ``max_batch`` slots between them, each in a spawned process with ``threads`` CPU
     threads; up to ``max_queue`` more completions wait here. ``sink`` gets each worker's rounds from a thread that
@@ -74,8 +88,10 @@ class EnginePool:
             slots = max_batch // workers + (i < max_batch % workers)
             commands_in, commands = context.Pipe(duplex=False)
             events, events_out = context.Pipe(duplex=False)
-            options = (values, state, weight.dtype, slots, max_batch + max_queue, cache, threads, interval)
-            process = context.Process(target=_work, args=(commands_in, events_out, *options), daemon=True)
+            settings = WorkerSettings(
+                values, state, weight.dtype, slots, max_batch + max_queue, cache, threads, interval
+            )
+            process = context.Process(target=_work, args=(commands_in, events_out, settings), daemon=True)
             process.start()  # the workers load the model while the server starts
             commands_in.close()
             events_out.close()
@@ -119,6 +135,11 @@ class EnginePool:
     def pids(self) -> list[int]:
         return [worker.process.pid for worker in self.workers]
 
+    @property
+    def workers_alive(self) -> int:
+        with self.lock:
+            return sum(worker.alive for worker in self.workers)
+
     def submit(self, completions: list[Completion]) -> None:
         """Queue these completions (all or none: ``QueueFull`` when the queue cannot take them all)."""
         with self.lock:
@@ -157,7 +178,7 @@ class EnginePool:
             completion, key = self.waiting.popleft(), next(self.keys)
             worker.held[key] = completion
             self.placed[completion] = (worker, key)
-            batches[worker].append((key, _fields(completion)))
+            batches[worker].append((key, completion.request))
         for worker, batch in batches.items():
             self._send(worker, ("submit", batch))
 
@@ -207,19 +228,13 @@ class EnginePool:
             self.sink([(completion, failed, "error", []) for completion in lost])
 
 
-def _fields(completion: Completion) -> dict:
-    """What a worker needs to decode ``completion``: plain values."""
-    names = ("ids", "max_tokens", "seed", "sampling", "stops", "logprobs", "score_prompt")
-    return {name: getattr(completion, name) for name in names}
-
-
-def _work(commands, events, values, state, dtype, slots, max_queue, cache, threads, interval) -> None:
+def _work(commands, events, settings: WorkerSettings) -> None:
     """A worker process: the model from plain values, an ``Engine`` over it, and the pipes' messages."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server closes us
-    torch.set_num_threads(threads)
-    model, tokenizer = build(values)
-    model.load_state_dict(state)
-    model.to(dtype)
+    torch.set_num_threads(settings.threads)
+    model, tokenizer = build(settings.values)
+    model.load_state_dict(settings.state)
+    model.to(settings.dtype)
     held: dict[int, Completion] = {}
     message: list[tuple] = []
     sent = time.perf_counter()
@@ -232,18 +247,18 @@ def _work(commands, events, values, state, dtype, slots, max_queue, cache, threa
             urgent = urgent or completion.produced <= 1 or finish_reason is not None
             if finish_reason is not None:
                 held.pop(completion.tag, None)
-        if message and (urgent or time.perf_counter() - sent >= interval):
+        if message and (urgent or time.perf_counter() - sent >= settings.interval):
             events.send(message)
             message.clear()
             sent = time.perf_counter()
 
-    engine = Engine(model, tokenizer, sink, slots, max_queue, cache).start()
+    engine = Engine(model, tokenizer, sink, settings.slots, settings.max_queue, settings.cache).start()
     events.send("ready")
     try:
         while True:
             kind, payload = commands.recv()
             if kind == "submit":
-                batch = [Completion(**fields, tag=key) for key, fields in payload]
+                batch = [Completion(request, tag=key) for key, request in payload]
                 held.update((completion.tag, completion) for completion in batch)
                 engine.submit(batch)
             elif kind == "cancel" and payload in held:

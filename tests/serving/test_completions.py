@@ -2,7 +2,7 @@
 
 from src.data.tokenizer import ByteTokenizer, CharTokenizer
 from src.serving.completions import Logprobs, token_string
-from src.serving.engine import Score
+from src.serving.scoring import Score
 
 
 def test_a_byte_that_is_not_a_character_alone_is_named_as_openai_names_it():

@@ -9,8 +9,8 @@ import torch
 
 from src.data.tokenizer import CharTokenizer
 from src.generation.decoding import generate_tokens
-from src.serving.engine import Completion, Engine, QueueFull, Sampling
-from src.serving.workers import EngineLost, EnginePool
+from src.serving.engine import Completion, Engine, QueueFull, Request, Sampling
+from src.serving.workers import EnginePool
 from tests.helpers import tiny_gpt
 
 TOKENIZER = CharTokenizer("\nabcdefghij")  # 11 tokens, tiny_gpt's vocabulary size
@@ -58,6 +58,10 @@ def start(model, sink, kind: str = "thread", **options) -> Engine | EnginePool:
 KINDS = ["thread", "processes"]
 
 
+def new_completion(ids, max_tokens: int, seed: int, sampling=Sampling(), stops=(), tag=None, **options) -> Completion:
+    return Completion(Request(tuple(ids), max_tokens, seed, sampling, tuple(stops), **options), tag)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("cache", ["window", "exact"])
 def test_each_completion_is_what_it_would_be_alone_whoever_joins_or_leaves(cache, kind):
@@ -66,7 +70,7 @@ def test_each_completion_is_what_it_would_be_alone_whoever_joins_or_leaves(cache
     sink = Collect(len(CASES))
     engine = start(model, sink, kind, max_batch=3, cache=cache)  # fewer slots than completions: some wait
     try:
-        completions = [Completion(list(ids), n, seed, s, tag=i) for i, (ids, n, seed, s) in enumerate(CASES)]
+        completions = [new_completion(ids, n, seed, s, tag=i) for i, (ids, n, seed, s) in enumerate(CASES)]
         engine.submit(completions[:2])
         engine.submit(completions[2:])
         assert sink.done.wait(60)
@@ -88,7 +92,7 @@ def test_completions_that_prefill_in_the_same_round_fill_their_rows_together_and
     sink = Collect(len(cases))
     engine = start(model, sink, kind, max_batch=4)
     try:
-        engine.submit([Completion(list(ids), n, seed, s, tag=i) for i, (ids, n, seed, s) in enumerate(cases)])
+        engine.submit([new_completion(ids, n, seed, s, tag=i) for i, (ids, n, seed, s) in enumerate(cases)])
         assert sink.done.wait(60)
     finally:
         engine.close()
@@ -110,11 +114,11 @@ def test_a_cancelled_completion_frees_its_slot_and_the_others_go_on_unchanged(ki
     texts = {}
     engine = start(model, sink, kind, max_batch=2)
     try:
-        leaves = Completion([4], 10_000, 1, Sampling(1.0), tag="leaves")  # the first slot: the other row moves
-        stays = Completion([1, 2, 3], 200, 5, Sampling(0.8), tag="stays")
+        leaves = new_completion([4], 10_000, 1, Sampling(1.0), tag="leaves")  # the first slot: the other row moves
+        stays = new_completion([1, 2, 3], 200, 5, Sampling(0.8), tag="stays")
         engine.submit([leaves, stays])
         assert seen.wait(30)
-        waiting = Completion([2], 5, 9, Sampling(0.0), tag="waiting")
+        waiting = new_completion([2], 5, 9, Sampling(0.0), tag="waiting")
         engine.submit([waiting])  # both slots are taken: it waits
         engine.cancel(waiting)  # cancelled before it had a slot: it leaves the queue at once
         engine.cancel(leaves)
@@ -137,7 +141,7 @@ def test_stop_texts_end_a_completion_where_the_first_one_appears(kind):
     sink = Collect(1)
     engine = start(model, sink, kind)
     try:
-        engine.submit([Completion([1], 60, 3, Sampling(1.0), stops, tag=0)])
+        engine.submit([new_completion([1], 60, 3, Sampling(1.0), stops, tag=0)])
         assert sink.done.wait(30)
     finally:
         engine.close()
@@ -148,61 +152,16 @@ def test_stop_texts_end_a_completion_where_the_first_one_appears(kind):
 def test_a_full_queue_refuses_new_work():
     blocked = threading.Event()
     engine = start(tiny_gpt(), lambda events: blocked.wait(30), max_batch=1, max_queue=1)
+    held = [new_completion([1], 10_000, 1), new_completion([1], 5, 2)]
     try:
-        engine.submit([Completion([1], 10_000, 1)])  # takes the slot (its sink holds the engine)
-        engine.submit([Completion([1], 5, 2)])  # waits
+        engine.submit(held[:1])  # takes the slot (its sink holds the engine)
+        engine.submit(held[1:])  # waits
         with pytest.raises(QueueFull):
-            engine.submit([Completion([1], 5, 3)])
+            engine.submit([new_completion([1], 5, 3)])
     finally:
         blocked.set()
-        for completion in list(engine.active) + list(engine.waiting):
+        for completion in held:
             engine.cancel(completion)
-        engine.close()
-
-
-def test_a_full_pool_refuses_new_work_and_its_queue_waits_for_a_free_slot():
-    sink = Collect(1)
-    engine = start(tiny_gpt(), sink, "processes", max_batch=2, max_queue=1)
-    try:
-        long = [Completion([1], 100_000, i) for i in range(2)]
-        engine.submit(long)  # a slot in each worker
-        queued = Completion([1], 5, 2, tag="queued")
-        engine.submit([queued])
-        with pytest.raises(QueueFull):
-            engine.submit([Completion([1], 5, 3)])
-        assert engine.counts() == (2, 1)
-        engine.cancel(long[0])  # its slot goes to the waiting completion
-        assert sink.done.wait(30) and sink.reasons == {"queued": "length"}
-        engine.cancel(long[1])
-        assert engine.counts() == (0, 0)
-    finally:
-        engine.close()
-
-
-def test_a_worker_that_dies_fails_only_its_own_completions_and_the_pool_goes_on():
-    model = tiny_gpt()
-    sink = Collect(2)
-    engine = start(model, sink, "processes", max_batch=2)
-    try:
-        doomed, survivor = Completion([1], 100_000, 1, tag="doomed"), Completion([2], 300, 2, tag="survivor")
-        engine.submit([doomed, survivor])  # one in each worker
-        worker = engine.placed[doomed][0]
-        worker.process.kill()
-        assert sink.done.wait(60)
-        assert sink.reasons == {"doomed": "error", "survivor": "length"}
-        assert "worker process decoding it exited" in sink.texts["doomed"]
-        assert sink.texts["survivor"] == alone(model, [2], 300, 2, Sampling(1.0), "window")
-        after = Collect(2)
-        engine.sink = after
-        engine.submit([Completion([1], 5, 1, tag=0), Completion([2], 5, 2, tag=1)])  # both to the live worker
-        assert after.done.wait(30) and after.reasons == {0: "length", 1: "length"}
-        for live in [w for w in engine.workers if w.alive]:
-            live.process.kill()
-        for reader in engine.readers:
-            reader.join(30)
-        with pytest.raises(EngineLost):
-            engine.submit([Completion([1], 5, 1)])
-    finally:
         engine.close()
 
 
@@ -211,14 +170,14 @@ def test_a_step_that_fails_ends_every_completion_with_an_error_and_the_engine_go
     sink = Collect(2)
     engine = start(model, sink, max_batch=2)
     try:
-        monkeypatch.setattr(engine, "_step", lambda stepping: (_ for _ in ()).throw(RuntimeError("boom")))
-        engine.submit([Completion([1], 5, 1, tag=0), Completion([2], 5, 2, tag=1)])
+        monkeypatch.setattr(model, "next_logits", lambda *args: (_ for _ in ()).throw(RuntimeError("boom")))
+        engine.submit([new_completion([1], 5, 1, tag=0), new_completion([2], 5, 2, tag=1)])
         assert sink.done.wait(30)
         assert sink.reasons == {0: "error", 1: "error"} and "boom" in sink.texts[0]
         monkeypatch.undo()
         after = Collect(1)
         engine.sink = after
-        engine.submit([Completion([1], 5, 1, tag=2)])
+        engine.submit([new_completion([1], 5, 1, tag=2)])
         assert after.done.wait(30) and after.reasons == {2: "length"}
     finally:
         engine.close()
@@ -269,7 +228,7 @@ def assert_scores(scores, ids: list[int], logprobs: torch.Tensor, alternatives: 
 def test_logprobs_of_generated_tokens_are_the_models_log_softmax_whatever_the_temperature(kind):
     model = tiny_gpt()
     prompt = [1, 2, 3]
-    sink = run(model, [Completion(list(prompt), 12, 7, Sampling(0.7, top_k=4), logprobs=3, tag=0)], kind)
+    sink = run(model, [new_completion(prompt, 12, 7, Sampling(0.7, top_k=4), logprobs=3, tag=0)], kind)
     generated = TOKENIZER.encode(sink.texts[0])
     assert len(generated) == 12 and len(sink.scores[0]) == 12  # prompt + 12 tokens fit the 16-token window
     ids = prompt + generated
@@ -280,7 +239,7 @@ def test_logprobs_of_generated_tokens_are_the_models_log_softmax_whatever_the_te
 def test_a_prompt_is_scored_in_one_pass_and_max_tokens_0_generates_nothing():
     model = tiny_gpt()
     prompts = [[4, 5, 6, 7, 8], [1, 9, 2]]
-    sink = run(model, [Completion(list(p), 0, 1, logprobs=2, score_prompt=True, tag=i) for i, p in enumerate(prompts)])
+    sink = run(model, [new_completion(p, 0, 1, logprobs=2, score_prompt=True, tag=i) for i, p in enumerate(prompts)])
     for i, prompt in enumerate(prompts):
         scores = sink.scores[i]
         assert sink.texts[i] == "" and sink.reasons[i] == "length"
@@ -289,5 +248,5 @@ def test_a_prompt_is_scored_in_one_pass_and_max_tokens_0_generates_nothing():
 
 
 def test_a_completion_without_logprobs_gets_no_scores():
-    sink = run(tiny_gpt(), [Completion([1, 2], 5, 1, tag=0)])
+    sink = run(tiny_gpt(), [new_completion([1, 2], 5, 1, tag=0)])
     assert sink.scores[0] == [] and len(sink.texts[0]) == 5
