@@ -10,7 +10,7 @@ import torch
 
 from src import already_said, disk_error, entry_point
 from src.errors import UserError
-from src.training.cli import build_cli, notice, resume_command, with_default_config
+from src.training.cli import build_cli, notice, resume_command
 from src.training.divergence import EXIT_DIVERGED, Diverged
 from src.training.fit import fit
 from src.training.last_checkpoint import TrainingInterrupted
@@ -20,9 +20,7 @@ def main(args: list[str] | None = None) -> None:
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later GPUs; no effect on the CPU
     with entry_point():
         try:
-            if args is None:  # the command line itself, which DDP's child processes are started with again
-                sys.argv[1:] = with_default_config(sys.argv[1:])
-            argv = sys.argv[1:] if args is None else with_default_config(list(args))
+            argv = sys.argv[1:] if args is None else list(args)  # DDP's child processes start with sys.argv
             if argv[:1] == ["fit"]:
                 fit(argv[1:])
             else:

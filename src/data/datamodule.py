@@ -123,8 +123,8 @@ class CharDataModule(L.LightningDataModule):
         tokenizer: Literal["chars", "bytes"] = "chars",
         strict_utf8: bool = False,
         cache_dir: str = "data",
-        block_size: int = 256,
-        batch_size: int = 64,
+        block_size: int = 128,
+        batch_size: int = 32,
         train_fraction: float = 0.9,
         val_batches: int = 20,
         seed: int = 1337,
@@ -160,23 +160,28 @@ class CharDataModule(L.LightningDataModule):
             sha256: the checksum a download must match.
         """
         super().__init__()
-        problems = [
-            f"{name} must be positive, got {value}"
-            for name, value in (("block_size", block_size), ("batch_size", batch_size), ("val_batches", val_batches))
-            if value < 1
-        ]
-        if not 0 < train_fraction < 1:
-            problems.append(f"train_fraction must be between 0 and 1, got {train_fraction}")
-        if num_workers < 0:
-            problems.append(f"num_workers must be 0 or more, got {num_workers}")
-        if test_stride is not None and not 1 <= test_stride <= block_size:
-            problems.append(f"test_stride must be between 1 and block_size ({block_size}), got {test_stride}")
+        self.save_hyperparameters()
+        problems = self.problems(dict(self.hparams))
         if problems:
             raise UserError("invalid data settings: " + "; ".join(f"--data.{p}" for p in problems))
-        self.save_hyperparameters()
         self._tokens: Tokens | None = None
         self.tokenizer: Tokenizer | None = None
         self.batches_drawn = 0  # training batches trained on so far: the stream position saved in checkpoints
+
+    @staticmethod
+    def problems(settings: dict) -> list[str]:
+        """What is wrong with these settings (``__init__``'s arguments), each named with its value."""
+        s = settings
+        problems = [
+            f"{k} must be positive, got {s[k]}" for k in ("block_size", "batch_size", "val_batches") if s[k] < 1
+        ]
+        if not 0 < s["train_fraction"] < 1:
+            problems.append(f"train_fraction must be between 0 and 1, got {s['train_fraction']}")
+        if s["num_workers"] < 0:
+            problems.append(f"num_workers must be 0 or more, got {s['num_workers']}")
+        if s["test_stride"] is not None and not 1 <= s["test_stride"] <= s["block_size"]:
+            problems.append(f"test_stride must be between 1 and block_size ({s['block_size']}), got {s['test_stride']}")
+        return problems
 
     def prepare_data(self) -> None:
         """Download tiny-shakespeare when it is the corpus, and encode the corpus into its token cache unless it

@@ -7,7 +7,8 @@ Shapes: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size (C
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -48,34 +49,43 @@ class GPTConfig:
     mtp_weight: float = 0.0  # weight of an auxiliary loss on the token after next, from a head of its own; 0: none
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be a positive integer, got {getattr(self, name)!r}"
-            for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1
-        ]
-        if not problems and self.n_embd % self.n_head:
-            heads = [h for h in range(1, min(self.n_embd, 32) + 1) if self.n_embd % h == 0]
-            problems.append(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
-                f"n_head {', '.join(map(str, heads))} fit{'' if self.n_embd <= 32 else ', among others'}"
-            )
-        for name in ("dropout", "attn_dropout"):
-            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS), ("init", INITS)):
-            if getattr(self, name) not in choices:
-                problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if self.logit_softcap is not None and not self.logit_softcap > 0:
-            problems.append(f"logit_softcap must be positive (or null for none), got {self.logit_softcap!r}")
-        if not self.mtp_weight >= 0:
-            problems.append(f"mtp_weight must be 0 (no auxiliary head) or more, got {self.mtp_weight!r}")
-        if self.unet and not problems and self.n_layer < 2:
-            problems.append(f"unet skips join the first half of the blocks to the last: n_layer must be 2 or more, "
-                            f"got {self.n_layer}")  # fmt: skip
-        if self.rope and not problems and self.head_size % 2:
-            problems.append(f"rope needs an even head size, got n_embd / n_head = {self.head_size}")
+        problems = self.problems(vars(self))
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems))
+
+    @classmethod
+    def problems(cls, values: dict) -> list[str]:
+        """What is wrong with a config of these values (the defaults for the fields they lack; other keys ignored),
+        each problem named with its field and value; the CLI reports them with every other setting's at once."""
+        defaults = {f.name: f.default for f in fields(cls)}
+        c = SimpleNamespace(**(defaults | {k: v for k, v in values.items() if k in defaults}))
+        problems = [
+            f"{name} must be a positive integer, got {getattr(c, name)!r}"
+            for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+            if not isinstance(getattr(c, name), int) or getattr(c, name) < 1
+        ]
+        if not problems and c.n_embd % c.n_head:
+            heads = [h for h in range(1, min(c.n_embd, 32) + 1) if c.n_embd % h == 0]
+            problems.append(
+                f"n_embd ({c.n_embd}) must be divisible by n_head ({c.n_head}): "
+                f"n_head {', '.join(map(str, heads))} fit{'' if c.n_embd <= 32 else ', among others'}"
+            )
+        for name in ("dropout", "attn_dropout"):
+            if getattr(c, name) is not None and not 0 <= getattr(c, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(c, name)!r}")
+        for name, choices in (("norm", NORMS), ("mlp", ACTIVATIONS), ("init", INITS)):
+            if getattr(c, name) not in choices:
+                problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(c, name)!r}")
+        if c.logit_softcap is not None and not c.logit_softcap > 0:
+            problems.append(f"logit_softcap must be positive (or null for none), got {c.logit_softcap!r}")
+        if not c.mtp_weight >= 0:
+            problems.append(f"mtp_weight must be 0 (no auxiliary head) or more, got {c.mtp_weight!r}")
+        if c.unet and not problems and c.n_layer < 2:
+            problems.append(f"unet skips join the first half of the blocks to the last: n_layer must be 2 or more, "
+                            f"got {c.n_layer}")  # fmt: skip
+        if c.rope and not problems and (c.n_embd // c.n_head) % 2:
+            problems.append(f"rope needs an even head size, got n_embd / n_head = {c.n_embd // c.n_head}")
+        return problems
 
     @property
     def head_size(self) -> int:

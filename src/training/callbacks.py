@@ -24,7 +24,7 @@ from src.hardware import peak_flops
 class SampleText(L.Callback):
     def __init__(
         self,
-        every_n_steps: int = 500,
+        every_n_steps: int = 1200,
         prompt: str = "\n",
         max_new_tokens: int = 300,
         temperature: float = 1.0,

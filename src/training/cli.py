@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -45,17 +46,6 @@ RUN_CALLBACKS = {
     "divergence": DivergenceGuard,
     "budget": TimeBudget,
 }
-DEFAULT_CONFIG_NAME = "shakespeare_char.yaml"
-
-
-def default_config() -> Path:
-    """The config ``fit`` takes when none is given: ``configs/`` beside ``src/`` in a checkout, ``src/configs/`` in
-    an installed package (pyproject.toml ships the folder there)."""
-    package = Path(__file__).resolve().parents[1]
-    for folder in (package.parent / "configs", package / "configs"):
-        if (folder / DEFAULT_CONFIG_NAME).is_file():
-            return folder / DEFAULT_CONFIG_NAME
-    return package.parent / "configs" / DEFAULT_CONFIG_NAME
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -93,7 +83,9 @@ class ChargptCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
-            "--run_name", default="chargpt", help="the run's folder under --trainer.default_root_dir (lightning_logs)"
+            "--run_name",
+            default="shakespeare_char",
+            help="the run's folder under --trainer.default_root_dir (lightning_logs)",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -126,6 +118,7 @@ class ChargptCLI(LightningCLI):
         if self.config.get("subcommand"):
             config, subcommand = self.config[self.config.subcommand], self.config.subcommand
             self._settle_defaults(config, subcommand)
+            self._validate(config, subcommand)
             self._settle_ckpt_path(config, subcommand)
             self._settle_budget(config, subcommand)
             given = {a.split("=", 1)[0][len("--model.") :] for a in self._argv if a.startswith("--model.")}
@@ -175,7 +168,7 @@ class ChargptCLI(LightningCLI):
         return trainer
 
     def _settle_defaults(self, config, subcommand: str) -> None:
-        """The run's logger, checkpoint folders and precision, unless the config gives them; bad values refused."""
+        """The run's logger, checkpoint folders and precision, unless the config gives them."""
         trainer = config.trainer
         root = trainer.default_root_dir or LOG_ROOT
         run_dir = Path(root) / config.run_name
@@ -197,16 +190,24 @@ class ChargptCLI(LightningCLI):
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
         if config.last_checkpoint.dirpath is None:
             config.last_checkpoint.dirpath = config.checkpoint.dirpath
-        if config.checkpoint.save_last:
-            raise UserError(
-                "--checkpoint.save_last: last.ckpt is written by last_checkpoint (at every validation, every "
-                "--last_checkpoint.every_n_minutes, at the end and on Ctrl-C); leave checkpoint.save_last unset"
-            )
         if trainer.precision is None:
             width = config.model.n_embd if config.model.model_type == "gpt" else None  # the bigram has no matmuls
             trainer.precision = default_precision(trainer.accelerator, width)
-        if subcommand == "fit" and (trainer.max_steps is None or trainer.max_steps <= 0):
-            raise UserError(f"--trainer.max_steps must be a positive number of steps, got {trainer.max_steps}")
+
+    def _validate(self, config, subcommand: str) -> None:
+        """Every problem of the settings in one message, before any work starts (the data is not prepared yet)."""
+        problems = []
+        if subcommand == "fit" and (config.trainer.max_steps is None or config.trainer.max_steps <= 0):
+            problems.append(f"--trainer.max_steps must be a positive number of steps, got {config.trainer.max_steps}")
+        if config.checkpoint.save_last:
+            problems.append(
+                "--checkpoint.save_last: last.ckpt is written by last_checkpoint (at every validation, every "
+                "--last_checkpoint.every_n_minutes, at the end and on Ctrl-C); leave checkpoint.save_last unset"
+            )
+        problems += [f"--model.{p}" for p in CharGPT.problems(config.model.as_dict())]
+        problems += [f"--data.{p}" for p in CharDataModule.problems(config.data.as_dict())]
+        if problems:
+            raise UserError("; ".join(problems))
 
     def _other_checkpoints(self, broken: Path, config) -> str:
         """What to do instead of an unreadable ``--ckpt_path``: the readable checkpoints beside it (and in the run's
@@ -237,9 +238,13 @@ class ChargptCLI(LightningCLI):
             raise UserError("test scores a trained model: pass --ckpt_path (a .ckpt, or last for the run's newest)")
         if ckpt_path:
             try:
-                step = load_checkpoint(ckpt_path)["global_step"]  # refuses missing, corrupt, unsafe and foreign files
+                ckpt = load_checkpoint(ckpt_path)  # refuses missing, corrupt, unsafe and foreign files
             except UserError as err:
                 raise UserError(f"{err}{self._other_checkpoints(Path(ckpt_path), config)}") from None
+            step, saved = ckpt["global_step"], ckpt.get("hyper_parameters", {})
+            for key, value in BEFORE_THEIR_TIME.items():  # LightningCLI takes the rest from the checkpoint
+                if key not in saved and key in config.model:
+                    config.model[key] = value
             logger = config.trainer.logger
             if subcommand == "fit" and isinstance(logger, dict) and logger["class_path"] == TENSORBOARD:
                 # what the interrupted run logged after its checkpoint is dropped: each step appears once
@@ -251,6 +256,9 @@ class ChargptCLI(LightningCLI):
             )
 
 
+# settings whose default changed after checkpoints without them were written: such a checkpoint trained with the
+# value it had then (its hyper-parameters name every other setting)
+BEFORE_THEIR_TIME = {"optimizer": "adamw", "value_residual": False, "mtp_weight": 0.0}
 # the model settings that flags change when resuming (a diverged run goes on at a lower rate: DivergenceGuard
 # rebuilds the schedule); LightningCLI takes every other one from the checkpoint
 RESUME_RATES = ("learning_rate", "min_lr")
@@ -386,8 +394,11 @@ class NoTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip:")
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
-    """The CLI over CharGPT and CharDataModule; with ``run=False`` it only builds the module, data and Trainer."""
+def build_cli(args: list[str] | None = None, run: bool = True, callbacks: tuple = ()) -> ChargptCLI:
+    """The CLI over CharGPT and CharDataModule; with ``run=False`` it only builds the module, data and Trainer.
+    ``callbacks`` join the run's own (src.tune reports each evaluation to its trial)."""
+    # src.train passes the command line itself as args (fit returns a result), which LightningCLI warns about
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's rank_zero_info writes
     if not any(isinstance(f, NoTips) for f in tips.filters):
         tips.addFilter(NoTips())
@@ -402,24 +413,13 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ChargptCLI:
         save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},  # a resumed run writes config.yaml into its own folder again
         trainer_defaults={
-            "max_steps": 5000,
-            "val_check_interval": 250,
+            "max_steps": 2400,
+            "val_check_interval": 600,
             "check_val_every_n_epoch": None,  # validate every val_check_interval steps, not per epoch
             "log_every_n_steps": 50,
             "gradient_clip_val": 1.0,
             "enable_progress_bar": None,  # settled by the CLI: a bar on a terminal, plain lines otherwise
             "precision": None,  # settled by the CLI: src.hardware.default_precision
+            "callbacks": list(callbacks),
         },
     )
-
-
-def with_default_config(args: list[str]) -> list[str]:
-    """``args`` with ``--config configs/shakespeare_char.yaml`` after the subcommand when they name no config: the
-    code's own defaults describe the lecture's 10.8M model, hours of work on a CPU, while the default run is that
-    config. Its settings stay overridable by any flag after it."""
-    if not args or args[0] not in ChargptCLI.subcommands() or any(a.split("=")[0] == "--config" for a in args):
-        return args
-    config = default_config()
-    if not config.is_file():
-        raise UserError(f"no --config given and the default {config} is missing: pass --config FILE")
-    return [args[0], "--config", str(config), *args[1:]]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.training.callbacks import FitSummary
-from src.training.cli import LOG_ROOT, build_cli, with_default_config
+from src.training.cli import LOG_ROOT, build_cli
 from src.training.last_checkpoint import LastCheckpoint
 
 
@@ -28,11 +28,12 @@ class FitResult:
     best_checkpoint: Path | None
 
 
-def fit(args: list[str]) -> FitResult:
+def fit(args: list[str], callbacks: tuple = ()) -> FitResult:
     """Train with ``args`` as ``fit`` takes them (``["--config", "configs/x.yaml", "--trainer.max_steps", "100"]``;
-    no ``--config`` means the default config) and return what the run reached."""
+    the defaults are configs/shakespeare_char.yaml's) and return what the run reached; ``callbacks`` (Lightning
+    callbacks) join the run's own."""
     started = time.perf_counter()
-    cli = build_cli(with_default_config(["fit", *args]))
+    cli = build_cli(["fit", *args], callbacks=callbacks)
     trainer, config = cli.trainer, cli.config.fit
     summary = next(c for c in trainer.callbacks if isinstance(c, FitSummary))
     best, final = summary.best, summary.final

@@ -24,7 +24,7 @@ from src.data.tokenizer import Tokenizer, prompt_ids
 from src.errors import UserError
 from src.generation.decoding import generate
 from src.model import LanguageModel
-from src.model.base import ACTIVATIONS, INITS, NORMS
+from src.model.base import ACTIVATIONS, INITS, NORMS, GPTConfig
 from src.model.registry import ModelType
 from src.training.divergence import diverged
 from src.training.optim import LR_SCALES, MuonAdamW, adamw, hidden_matrices, warmup_decay
@@ -36,11 +36,11 @@ class CharGPT(L.LightningModule):
         vocab: str | None = None,
         tokenizer: Literal["chars", "bytes"] = "chars",
         model_type: ModelType = "gpt",
-        block_size: int = 256,
-        n_layer: int = 6,
+        block_size: int = 128,
+        n_layer: int = 4,
         n_head: int = 6,
-        n_embd: int = 384,
-        dropout: float = 0.2,
+        n_embd: int = 192,
+        dropout: float = 0.0,
         bias: bool = True,
         rope: bool = False,
         norm: Literal[NORMS] = "layernorm",
@@ -51,26 +51,27 @@ class CharGPT(L.LightningModule):
         init: Literal[INITS] = "gpt2",
         logit_softcap: float | None = None,
         unet: bool = False,
-        value_residual: bool = False,
+        value_residual: bool = True,
         attn_gate: bool = False,
-        mtp_weight: float = 0.0,
-        learning_rate: float = 1e-3,
+        mtp_weight: float = 0.3,
+        learning_rate: float = 3e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
         lr_decay_steps: int | None = None,
         lr_schedule: Literal["cosine", "linear", "wsd"] = "cosine",
         cooldown_fraction: float = 0.4,
         lr_scales: dict[str, float] | None = None,
-        weight_decay: float = 0.1,
+        weight_decay: float = 1.0,
         cautious_weight_decay: bool = False,
         beta1: float = 0.9,
         beta2: float = 0.99,
-        optimizer: Literal["adamw", "muon"] = "adamw",
+        optimizer: Literal["adamw", "muon"] = "muon",
         muon_momentum_warmup: int = 0,
         compile: bool = False,
         init_from: str | None = None,
     ) -> None:
-        """GPT (or the bigram model) trained with AdamW and warmup + cosine decay.
+        """A model of ``model_type`` trained with Muon (or AdamW) and warmup + cosine decay. The defaults are the
+        default config's (configs/shakespeare_char.yaml explains each); the lecture's own models are configs too.
 
         Args:
             vocab: the characters of the vocabulary in id order; by default the data module's, once it is set up.
@@ -128,31 +129,10 @@ class CharGPT(L.LightningModule):
                 corpus; optimizer, schedule and step count start afresh.
         """
         super().__init__()
-        if vocab == "":
-            raise UserError("model.vocab is empty: leave it unset to take the data module's, or give its characters")
-        problems = [f"{k} must be positive, got {v}" for k, v in (("learning_rate", learning_rate),) if v <= 0]
-        problems += [
-            f"{k} must be 0 or more, got {v}"
-            for k, v in (
-                ("min_lr", min_lr),
-                ("warmup_steps", warmup_steps),
-                ("weight_decay", weight_decay),
-                ("muon_momentum_warmup", muon_momentum_warmup),
-            )
-            if v < 0
-        ]
-        problems += [
-            f"{k} must be in [0, 1), got {v}" for k, v in (("beta1", beta1), ("beta2", beta2)) if not 0 <= v < 1
-        ]
-        if not 0 < cooldown_fraction <= 1:
-            problems.append(f"cooldown_fraction must be in (0, 1], got {cooldown_fraction}")
-        problems += [
-            f"lr_scales has {k!r}: use {', '.join(LR_SCALES)}" for k in (lr_scales or {}) if k not in LR_SCALES
-        ]
-        problems += [f"lr_scales.{k} must be positive, got {v}" for k, v in (lr_scales or {}).items() if not v > 0]
+        self.save_hyperparameters()
+        problems = self.problems(dict(self.hparams))
         if problems:
             raise UserError("invalid model settings: " + "; ".join(f"--model.{p}" for p in problems))
-        self.save_hyperparameters()
         self.model: LanguageModel | None = None
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric(nan_strategy=math.nan)  # a NaN batch makes the mean NaN instead of vanishing
@@ -160,6 +140,30 @@ class CharGPT(L.LightningModule):
         self._compiled = False
         if vocab is not None:
             self.build_network(vocab)
+
+    @staticmethod
+    def problems(settings: dict) -> list[str]:
+        """What is wrong with these settings (``__init__``'s arguments), each named with its value: the
+        optimisation's and, through ``GPTConfig``, the architecture's, so that the CLI can report every problem
+        before the data is prepared."""
+        s, problems = settings, []
+        if s["vocab"] == "":
+            problems.append("vocab is empty: leave it unset to take the data module's, or give its characters")
+        if s["learning_rate"] <= 0:
+            problems.append(f"learning_rate must be positive, got {s['learning_rate']}")
+        problems += [
+            f"{k} must be 0 or more, got {s[k]}"
+            for k in ("min_lr", "warmup_steps", "weight_decay", "muon_momentum_warmup")
+            if s[k] < 0
+        ]
+        problems += [f"{k} must be in [0, 1), got {s[k]}" for k in ("beta1", "beta2") if not 0 <= s[k] < 1]
+        if not 0 < s["cooldown_fraction"] <= 1:
+            problems.append(f"cooldown_fraction must be in (0, 1], got {s['cooldown_fraction']}")
+        scales = s["lr_scales"] or {}
+        problems += [f"lr_scales has {k!r}: use {', '.join(LR_SCALES)}" for k in scales if k not in LR_SCALES]
+        problems += [f"lr_scales.{k} must be positive, got {v}" for k, v in scales.items() if not v > 0]
+        vocab_size = len(s["vocab"]) if s["vocab"] else 1  # the corpus's is not known yet: any positive size
+        return problems + GPTConfig.problems({**s, "vocab_size": vocab_size})
 
     def build_network(self, vocab: str) -> None:
         """Build the network and tokenizer for ``vocab``, which the checkpoint's hyper-parameters then record."""

@@ -3,9 +3,11 @@ paths of configs written before src/ moved into packages (end to end: tests/chec
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
-from src.training.cli import default_config, resume_command, with_default_config, with_moved_classes
+from src.training.cli import build_cli, resume_command, with_moved_classes
+from tests.helpers import REPO
 
 
 def test_resume_command_replaces_any_ckpt_path_and_the_changed_flags():
@@ -16,12 +18,17 @@ def test_resume_command_replaces_any_ckpt_path_and_the_changed_flags():
     assert changed == "python -m src.train fit --model.learning_rate 0.005 --ckpt_path a.ckpt"
 
 
-def test_fit_without_a_config_takes_the_default_and_any_other_config_wins():
-    assert with_default_config(["fit", "--trainer.max_steps=5"]) == [
-        "fit", "--config", str(default_config()), "--trainer.max_steps=5"
-    ]  # fmt: skip
-    assert with_default_config(["fit", "--config=mine.yaml"]) == ["fit", "--config=mine.yaml"]
-    assert with_default_config(["--help"]) == ["--help"]
+def print_config(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit):
+        build_cli(["fit", *args, "--print_config"])
+    return capsys.readouterr().out
+
+
+def test_the_codes_defaults_are_the_default_config(capsys):
+    """One default: fit without --config trains what configs/shakespeare_char.yaml spells out."""
+    assert print_config([], capsys) == print_config(
+        ["--config", str(REPO / "configs" / "shakespeare_char.yaml")], capsys
+    )
 
 
 def test_old_class_paths_move_in_flags_and_config_files(tmp_path):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from src import last_checkpoint
 from src.checkpoints.checkpoint import load_checkpoint
 from src.train import main
-from src.training.cli import resume_command, with_default_config
+from src.training import last_checkpoint
+from src.training.cli import resume_command
 from tests.helpers import REPO, tiny_args
 
 pytestmark = pytest.mark.slow  # end to end: trains, or launches processes
@@ -228,7 +228,7 @@ def test_an_unreadable_checkpoint_names_the_readable_ones_and_the_command(workdi
     err = capsys.readouterr().err
     assert f"{last.relative_to(workdir)} is not a readable checkpoint" in err
     assert f"Readable checkpoints: {best.name} (step {step_of(best)})" in err
-    command = resume_command(with_default_config(["fit", *args]), str(best.relative_to(workdir)))
+    command = resume_command(["fit", *args], str(best.relative_to(workdir)))
     assert f"To go on from the newest: {command}" in err
     with pytest.raises(SystemExit):  # the run's folder spelled another way: each checkpoint still listed once
         main(["fit", *args, f"--ckpt_path={last}"])
