@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-ENTRY_POINTS = {"train", "generate", "serve", "export"}
-PACKAGES = {"data", "model", "generation", "checkpoints", "training", "serving"}
+ENTRY_POINTS = {"train", "generate", "serve", "export", "tune"}
+PACKAGES = {"data", "model", "generation", "checkpoints", "training", "serving", "tuning"}
 
 
 def module_name(path: Path) -> str:
@@ -69,6 +69,12 @@ def test_generation_and_checkpoints_sit_below_training_and_serving():
 
 def test_serving_never_imports_training():
     assert "training" not in imported_packages("serving")
+
+
+def test_tuning_sits_on_training_and_nothing_below_imports_it():
+    assert "serving" not in imported_packages("tuning")
+    importers = {package_of(m) for m, targets in src_imports().items() for t in targets if package_of(t) == "tuning"}
+    assert importers <= {"tuning", "tune"}
 
 
 def test_no_two_modules_import_each_other():

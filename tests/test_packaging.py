@@ -1,11 +1,11 @@
-"""What ``pip install .`` (not only ``-e``) ships: every package of src/, the playground page, and configs/ where
-``fit`` without ``--config`` finds its default."""
+"""What ``pip install .`` (not only ``-e``) ships: every package of src/, the playground page, and configs/ (the
+recipes, and src.tune's default space)."""
 
 import sys
 
 import pytest
 
-from src.training.cli import DEFAULT_CONFIG_NAME
+from src.tune import default_space
 from tests.helpers import REPO
 
 if sys.version_info >= (3, 11):
@@ -25,7 +25,7 @@ def test_the_playground_and_every_config_ship_inside_the_package():
     assert "playground.html" in SETUPTOOLS["package-data"]["src.serving"]
     assert (REPO / "src/serving/playground.html").is_file()
     configs = REPO / SETUPTOOLS["package-dir"]["src.configs"]
-    assert (configs / DEFAULT_CONFIG_NAME).is_file()
+    assert default_space() == configs.resolve() / "tune" / "default.yaml" and default_space().is_file()
     patterns = SETUPTOOLS["package-data"]["src.configs"]
     shipped = {p for pattern in patterns for p in configs.glob(pattern)}
     assert shipped == set(configs.rglob("*.yaml"))  # configs in sub-folders too

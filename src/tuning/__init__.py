@@ -1,0 +1,1 @@
+"""Tuning: Optuna studies whose trials are ordinary fits (``src.tune`` is the command)."""
