@@ -201,7 +201,7 @@ def engine_alone(args) -> tuple[dict[int, float], str]:
 
     from src.checkpoints.load import load_model
     from src.serve import place_workers
-    from src.serving.engine import Completion, Engine, Sampling
+    from src.serving.engine import Completion, Engine, Request, Sampling
     from src.serving.workers import EnginePool
 
     model, tokenizer = load_model(args.ckpt_path, torch.device("cpu"))
@@ -228,10 +228,10 @@ def engine_alone(args) -> tuple[dict[int, float], str]:
                     raise SystemExit("the engine finished nothing for 10 minutes")
 
         try:
-            run([Completion(tokenizer.encode("\n"), 50, 0, Sampling(0.8))])  # warm-up
+            run([Completion(Request(tuple(tokenizer.encode("\n")), 50, 0, Sampling(0.8)))])  # warm-up
             started = time.perf_counter()
             for r in range(args.requests):  # a client's requests follow one another: rounds of `clients` at once
-                run([Completion(tokenizer.encode("\n"), args.tokens, r * clients + i, Sampling(0.8))
+                run([Completion(Request(tuple(tokenizer.encode("\n")), args.tokens, r * clients + i, Sampling(0.8)))
                      for i in range(clients)])  # fmt: skip
             rates[clients] = clients * args.requests * args.tokens / (time.perf_counter() - started)
         finally:
