@@ -5,24 +5,25 @@ several seeds, and one table of the validation losses beside the lecture's own f
     python benchmarks/lecture_ladder.py --recipes lecture --seeds 1337
     tensorboard --logdir lightning_logs/lecture                # every run's curves side by side
 
-Each run is an ordinary ``python -m src.train fit --config configs/lecture/NN.yaml``, made by ``src.training.fit.fit``
-in one of ``--jobs`` worker processes (one thread each), in ``lightning_logs/lecture/<recipe>/<stage>/seed<k>``,
-its output in ``ladder.log`` there. A worker makes many fits, so Lightning's ~4 s import is paid once per worker,
-not once per run. A run that is already there is resumed, so a finished ladder prints again at once. The scaled-up
-last stage, configs/gpt_lecture.yaml, is a GPU run and is not in the ladder. Flags after ``--`` go to every run
-(e.g. ``-- --trainer.max_steps 20``).
+The ladder is an Optuna study (src.tuning's trial runner, a grid sampler over stage x recipe x seed) in
+``lightning_logs/lecture/ladder.db``, run by ``--jobs`` worker processes (one thread each) that take the next grid
+point until none is left; each trial is an ordinary ``fit`` of ``configs/lecture/NN.yaml`` in
+``lightning_logs/lecture/<recipe>/<stage>/seed<k>``, its output in ``fit.log`` there. A worker makes many fits, so
+Lightning's ~4 s import is paid once per worker. Run again, a finished ladder prints at once; an interrupted one
+goes on where it stopped, and ``--storage`` (a database URL) lets workers on several machines share it. The
+scaled-up last stage, configs/gpt_lecture.yaml, is a GPU run and is not in the ladder. Flags after ``--`` go to
+every run (e.g. ``-- --trainer.max_steps 20``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
-import os
 import re
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -53,10 +54,8 @@ RECIPES = {
 }  # fmt: skip
 
 
-def run(stage: str, recipe: str, seed: int, root: Path, extra: list[str], maps: bool = True) -> dict:
-    """One fit in this worker process; its output goes to ladder.log in the run's folder."""
-    from src.training.fit import fit  # imported once per worker
-
+def args_of(stage: str, recipe: str, seed: int, root: Path, extra: list[str], maps: bool) -> tuple[str, list[str]]:
+    """The run's name and fit's arguments for one grid point."""
     config = LECTURE / f"{stage}.yaml"
     # val loss every 1,000 steps rather than the lecture's 500 (the same final figure; the curve has half the points),
     # attention maps at the end of the first seed's runs only: together ~60 s of the ladder's 11 minutes
@@ -67,39 +66,28 @@ def run(stage: str, recipe: str, seed: int, root: Path, extra: list[str], maps: 
     name = f"lecture/{recipe}/{stage}/seed{seed}"
     args = [f"--config={config}", f"--run_name={name}", f"--seed_everything={seed}", f"--data.seed={seed}"]
     args += [f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *flags, *extra]
-    log = root / name / "ladder.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with quiet(log):
-            result = fit([*args, "--ckpt_path=last"])
-    except Exception as err:  # a worker's exception reaches the parent without the run's output: add its end
-        raise RuntimeError(f"{name} failed ({err!r}); the end of {log}:\n{log.read_text()[-3000:]}") from None
-    return {"val": result.final_val, "params": result.params, "wall": result.wall}
+    return name, [*args, "--ckpt_path=last"]  # a run that is there already is resumed: at once when it is finished
 
 
-class quiet:
-    """Points this process's stdout and stderr (file descriptors 1 and 2, which Lightning's log handlers and
-    C++ warnings write to as well as ``print``) at ``path`` for the duration."""
+def work(grid: dict, root: Path, storage: str, extra: list[str], first_seed: int) -> None:
+    """A worker process: the next grid point not taken yet, until the grid is done."""
+    import optuna
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    from src.tuning.study import rdb_storage
+    from src.tuning.trial import fit_trial
 
-    def __enter__(self) -> None:
-        sys.stdout.flush(), sys.stderr.flush()
-        self.saved = [os.dup(1), os.dup(2)]
-        self.file = open(self.path, "w")
-        os.dup2(self.file.fileno(), 1), os.dup2(self.file.fileno(), 2)
-
-    def __exit__(self, *exc: object) -> None:
-        sys.stdout.flush(), sys.stderr.flush()
-        for fd, saved in zip((1, 2), self.saved):
-            os.dup2(saved, fd)
-            os.close(saved)
-        self.file.close()
-
-
-def one_thread() -> None:
     torch.set_num_threads(1)  # two single-threaded fits beat one on two threads at this size (docs/lecture.md)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sampler = optuna.samplers.GridSampler(grid)
+    study = optuna.load_study(study_name="ladder", storage=rdb_storage(storage), sampler=sampler)
+
+    def objective(trial) -> float:
+        stage, recipe, seed = (trial.suggest_categorical(k, grid[k]) for k in ("stage", "recipe", "seed"))
+        name, args = args_of(stage, recipe, seed, root, extra, maps=seed == first_seed)
+        return fit_trial(trial, args, root / name, prune=False).final_val
+
+    while not sampler.is_exhausted(study):
+        study.optimize(objective, n_trials=1)
 
 
 def learning_rate(config: Path) -> float:
@@ -121,17 +109,28 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     p.add_argument("--stages", nargs="+", choices=[s for s, _, _ in ladder], default=[s for s, _, _ in ladder])
-    p.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--root", default="lightning_logs", help="--trainer.default_root_dir of every run")
+    p.add_argument("--storage", help="the study's database URL (default: <root>/lecture/ladder.db)")
     a = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     root = Path(a.root)
-    # the longest stages first, so that the two workers finish together
-    jobs = [(s, r, seed) for s, _, _ in reversed(ladder) if s in a.stages for r in a.recipes for seed in a.seeds]
+    storage = a.storage or f"sqlite:///{root / 'lecture' / 'ladder.db'}"
+    # the longest stages first, so that the workers finish together (the grid is taken in its order)
+    grid = {"stage": [s for s, _, _ in reversed(ladder) if s in a.stages], "recipe": a.recipes, "seed": a.seeds}
     started = time.perf_counter()
+    study = open_ladder(storage, root)
     spawn = multiprocessing.get_context("spawn")  # the same on Linux, macOS and Windows; no forked torch state
-    with ProcessPoolExecutor(a.jobs, mp_context=spawn, initializer=one_thread) as pool:
-        futures = {job: pool.submit(run, *job, root, extra, job[2] == a.seeds[0]) for job in jobs}
-        results = {job: future.result() for job, future in futures.items()}
+    workers = [spawn.Process(target=work, args=(grid, root, storage, extra, a.seeds[0])) for _ in range(a.jobs)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results = first_results(study, grid)
+    missing = [key for key in itertools.product(grid["stage"], a.recipes, a.seeds) if key not in results]
+    if missing:
+        failed = [t for t in study.trials if t.state.name == "FAIL" or "reason" in t.user_attrs]
+        detail = "; ".join(f"{t.params}: {t.user_attrs.get('reason', t.state.name)}" for t in failed[-3:])
+        raise SystemExit(f"{len(missing)} runs did not finish (first {missing[0]}); {detail}; see their fit.log")
     header = "| stage | what it adds | parameters | lecture |"
     header += "".join(f" {r} recipe: val (mean ± half range) | wall (s) |" for r in a.recipes)
     print(header)
@@ -145,8 +144,29 @@ def main() -> None:
             runs = [results[(stage, recipe, seed)] for seed in a.seeds]
             row += f" {spread([r['val'] for r in runs])} | {statistics.fmean(r['wall'] for r in runs):.0f} |"
         print(row)
-    seeds = ", ".join(map(str, a.seeds))
-    print(f"{len(jobs)} runs (seeds {seeds}), {a.jobs} at a time: {time.perf_counter() - started:.0f} s in all")
+    seeds, count = ", ".join(map(str, a.seeds)), len(grid["stage"]) * len(a.recipes) * len(a.seeds)
+    print(f"{count} runs (seeds {seeds}), {a.jobs} at a time: {time.perf_counter() - started:.0f} s in all")
+
+
+def open_ladder(storage: str, root: Path):
+    import optuna
+
+    from src.tuning.study import rdb_storage
+
+    (root / "lecture").mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(study_name="ladder", storage=rdb_storage(storage), load_if_exists=True)
+
+
+def first_results(study, grid: dict) -> dict:
+    """(stage, recipe, seed) -> the first complete trial's final val, parameters and wall time (a grid point run
+    again, by a rerun of the ladder, resumes its finished run: its wall is not the run's)."""
+    results = {}
+    for t in sorted(study.trials, key=lambda t: t.number):
+        key = tuple(t.params.get(k) for k in ("stage", "recipe", "seed"))
+        if t.state.name == "COMPLETE" and key not in results and all(v in grid[k] for k, v in zip(grid, key)):
+            results[key] = {"val": t.value, "params": t.user_attrs["params"], "wall": t.user_attrs["wall"]}
+    return results
 
 
 if __name__ == "__main__":

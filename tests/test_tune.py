@@ -8,10 +8,12 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -151,3 +153,21 @@ def test_two_workers_share_a_study_on_postgresql(workdir, tiny_corpus, postgres)
     # final best, and the other no better than it
     seen = [float(re.search(r"best: trial \d+, val (\S+),", out)[1]) for out, _ in outputs]
     assert min(seen) == round(study.best_value, 4) and max(seen) >= min(seen)
+
+
+def test_ctrl_c_fails_the_running_trial_prints_the_table_and_the_command_that_continues(workdir, tiny_corpus):
+    args = ["--space", space(workdir), "--trials", "50", "--study", "c", *tiny_args(tiny_corpus, max_steps=400)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "src.tune", *args], cwd=workdir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    saved = workdir / "lightning_logs/tune/c/trial_1/checkpoints/last.ckpt"  # trial 1 is under way
+    deadline = time.monotonic() + 120
+    while not saved.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and f"Continue: python -m src.tune {' '.join(args[:2])}" in err
+    assert "| trial | model.learning_rate |" in out
+    states = [t.state for t in load("c").trials]
+    assert states == [COMPLETE, FAIL]  # the one it was running is failed, not left running

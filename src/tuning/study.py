@@ -49,13 +49,9 @@ def open_study(settings: StudySettings, sampler=None, pruner=None) -> optuna.Stu
     """The study by this name in the storage, created if new: a rerun continues it."""
     url = settings.storage_url()
     try:
-        # a trial whose process died stops beating: the next worker to start a trial marks it failed
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: since Optuna 2.9
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
         return optuna.create_study(
             study_name=settings.name,
-            storage=storage,
+            storage=rdb_storage(url),
             direction="minimize",
             load_if_exists=True,
             sampler=sampler or make_sampler(settings),
@@ -67,6 +63,15 @@ def open_study(settings: StudySettings, sampler=None, pruner=None) -> optuna.Stu
                         f"pip install -e \".[tune]\" (psycopg)") from None  # fmt: skip
     except Exception as err:  # SQLAlchemy's: a bad URL, a server that refuses, a locked file
         raise UserError(f"--storage {url}: {storage_problem(err)}") from None
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's storage: a trial whose process died stops beating, and the next worker to start a trial marks it
+    failed; SQLite waits up to a minute for another worker's write instead of failing at once."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: since Optuna 2.9
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120)
 
 
 def storage_problem(err: Exception) -> str:
@@ -98,11 +103,11 @@ def run_study(settings: StudySettings, trials: int, say=print, sampler=None, pru
     """``trials`` more trials of the study (Optuna's ``n_trials``), a line for each; a diverged trial is failed and
     the study goes on. Ctrl-C (an exception out of here) leaves the running trial failed."""
     study = open_study(settings, sampler, pruner)
-    done_before = len(study.trials)
-    started = time.perf_counter()
+    started, ran = time.perf_counter(), []
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        n = trial.number - done_before + 1
+        ran.append(trial.number)  # this worker's: others may add trials to the same study meanwhile
+        n = len(ran)
         eta = (time.perf_counter() - started) / max(n, 1) * (trials - n)
         value = f"val {trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("reason", "")
         best = best_trial(study)

@@ -16,16 +16,21 @@ import yaml
 from src.errors import UserError
 from src.training.cli import build_cli
 from src.training.divergence import Diverged
-from src.training.fit import fit
+from src.training.fit import FitResult, fit
 from src.tuning.space import Param, flags
 
 
 def config_keys(base: list[str]) -> set[str]:
     """Every key fit takes (``model.learning_rate``, ``trainer.max_steps``, ...), from its ``--print_config`` of
     ``base``: what a space may name."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        build_cli(["fit", *base, "--print_config"])
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            build_cli(["fit", *base, "--print_config"])
+    except SystemExit as stop:
+        if stop.code not in (0, None):  # the parser's own message, without its usage lines
+            said = [line for line in err.getvalue().splitlines() if "error:" in line] or err.getvalue().splitlines()
+            raise UserError(f"fit refuses the trials' flags: {said[-1].split('error:', 1)[-1].strip()}") from None
     keys: set[str] = set()
 
     def walk(node, prefix: str) -> None:
@@ -56,18 +61,26 @@ class ReportValLoss(L.Callback):
 
 
 def run_trial(trial: optuna.Trial, space: list[Param], base: list[str], root: Path, study: str) -> float:
-    """The trial's best validation loss; its steps, wall time and folder go into its user attributes. A combination
-    the settings refuse (heads that do not divide the width) is pruned as skipped, with the reason; a run that
-    diverges raises ``Diverged``, which the study records as failed."""
+    """The trial's best validation loss: a fit of ``base`` with the trial's values from ``space`` as flags."""
     values = {param.key: param.suggest(trial) for param in space}
     name = f"tune/{study}/trial_{trial.number}"
     args = [*base, *flags(values), f"--run_name={name}", f"--trainer.default_root_dir={root}"]
-    folder = root / name
+    result = fit_trial(trial, args, root / name)
+    if result.best_val is None:
+        raise UserError(f"{name} ran no evaluation: give the trials at least one (--trainer.val_check_interval)")
+    return result.best_val
+
+
+def fit_trial(trial: optuna.Trial, args: list[str], folder: Path, prune: bool = True) -> FitResult:
+    """``fit(args)`` for ``trial``, its output in ``folder``/fit.log, each evaluation reported (``prune``: to the
+    pruner too); its steps, wall time and folder go into the trial's user attributes. A combination the settings
+    refuse (heads that do not divide the width) is pruned as skipped, with the reason; a run that diverges raises
+    ``Diverged``, which the study records as failed."""
     folder.mkdir(parents=True, exist_ok=True)
     trial.set_user_attr("run_dir", str(folder))
     try:
         with output_to(folder / "fit.log"):
-            result = fit(args, callbacks=(ReportValLoss(trial),))
+            result = fit(args, callbacks=(ReportValLoss(trial),) if prune else ())
     except UserError as err:
         trial.set_user_attr("reason", f"skipped: {err}")
         raise optuna.TrialPruned(f"skipped: {err}") from None
@@ -80,9 +93,8 @@ def run_trial(trial: optuna.Trial, space: list[Param], base: list[str], root: Pa
     trial.set_user_attr("steps", result.steps)
     trial.set_user_attr("wall", round(result.wall, 1))
     trial.set_user_attr("final_val", result.final_val)
-    if result.best_val is None:
-        raise UserError(f"{name} ran no evaluation: give the trials at least one (--trainer.val_check_interval)")
-    return result.best_val
+    trial.set_user_attr("params", result.params)
+    return result
 
 
 class output_to:
