@@ -17,6 +17,7 @@ from torch import nn
 
 from src import run_command
 from src.checkpoints.checkpoint import load_checkpoint, model_from_checkpoint
+from src.checkpoints.hf import gpt2_refusal, model_card, save_hf
 from src.checkpoints.pretrained import save_pretrained
 from src.errors import UserError
 from src.model import LanguageModel
@@ -63,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m src.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by `python -m src.train fit`")
     parser.add_argument("--out", required=True, help="the folder to write (created if missing)")
-    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True, help="also write model.onnx")
+    parser.add_argument(
+        "--format",
+        choices=("chargpt", "hf"),
+        default="chargpt",
+        help="chargpt: its own folder (and model.onnx); hf: a folder transformers loads (docs/sampling.md)",
+    )
+    parser.add_argument(
+        "--onnx", action=argparse.BooleanOptionalAction, default=True, help="also write model.onnx (chargpt format)"
+    )
     return parser
 
 
@@ -72,14 +81,30 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    model, tokenizer = model_from_checkpoint(load_checkpoint(args.ckpt_path))
+    ckpt = load_checkpoint(args.ckpt_path)
+    model, tokenizer = model_from_checkpoint(ckpt)
     out = Path(args.out)
+    if args.format == "hf":
+        export_hf(model, tokenizer, ckpt, out)
+        return
     save_pretrained(model, tokenizer, out)
     written = ["model.safetensors", "config.json"]
     if args.onnx:
         export_onnx(model, out / "model.onnx")
         written.append("model.onnx")
     print(f"wrote {', '.join(written)} to {out}", file=sys.stderr)
+
+
+def export_hf(model: LanguageModel, tokenizer, ckpt: dict, out: Path) -> None:
+    try:
+        import tokenizers  # noqa: F401  (the tokenizer's JSON)
+    except ImportError:
+        raise UserError('--format hf needs the tokenizers package: pip install -e ".[hf]"') from None
+    name = out.resolve().name
+    plain = gpt2_refusal(model) is None
+    how = save_hf(model, tokenizer, out, model_card(model, tokenizer, ckpt, plain, name))
+    kind = "a plain GPT2LMHeadModel" if how == "gpt2" else f"its own modeling code ({how})"
+    print(f"wrote {out}: {kind}, tokenizer.json, README.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

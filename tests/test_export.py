@@ -48,3 +48,17 @@ def test_onnx_logits_match_pytorch(ckpt, exported):
         idx = torch.randint(0, tokenizer.vocab_size, shape)
         (logits,) = session.run(None, {"idx": idx.numpy()})
         assert torch.allclose(torch.from_numpy(logits), AllLogits(model)(idx), atol=1e-4)
+
+
+def test_export_hf_writes_the_hubs_layout_that_src_generate_reads(ckpt, tmp_path, capsys):
+    pytest.importorskip("tokenizers", reason="the hf extra: pip install -e '.[hf]'")
+    out = tmp_path / "hf"
+    export_main([f"--ckpt_path={ckpt}", f"--out={out}", "--format=hf"])
+    assert "its own modeling code (GPT-2 has no value_residual=True)" in capsys.readouterr().err  # the default's
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md"} <= names
+    assert {"modeling_chargpt.py", "configuration_chargpt.py", "chargpt_gpt.py"} <= names
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "trust_remote_code=True" in card and "Validation loss:" in card
+    args = ["--prompt=All:", "--max_new_tokens=60", "--temperature=0"]
+    assert sample(capsys, f"--ckpt_path={ckpt}", *args) == sample(capsys, f"--ckpt_path={out}", *args)

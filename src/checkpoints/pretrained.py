@@ -9,6 +9,7 @@ from pathlib import Path
 
 from src.checkpoints.build import build, describe
 from src.checkpoints.checkpoint import refuse_nonfinite
+from src.checkpoints.hf import read_hf
 from src.data.tokenizer import Tokenizer
 from src.errors import UserError
 from src.model import LanguageModel
@@ -41,14 +42,18 @@ def from_pretrained(folder: str | Path, device: str = "cpu") -> tuple[LanguageMo
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-        weights = load_file(folder / WEIGHTS, device=str(device))
+        if "chargpt" in config:  # the Hugging Face folder (src.export --format hf)
+            model, tokenizer, weights = read_hf(folder)
+        else:
+            weights = load_file(folder / WEIGHTS, device=str(device))
     except (OSError, ValueError, SafetensorError) as err:
         raise UserError(
             f"{folder} is not a readable chargpt export ({err}): make one with python -m src.export"
         ) from None
-    if config.get("chargpt_format") != FORMAT:
-        raise UserError(f"{folder / CONFIG} is not a chargpt export of format {FORMAT}")
+    if "chargpt" not in config:
+        if config.get("chargpt_format") != FORMAT:
+            raise UserError(f"{folder / CONFIG} is not a chargpt export of format {FORMAT}")
+        model, tokenizer = build(config)
     refuse_nonfinite(weights, folder / WEIGHTS)
-    model, tokenizer = build(config)
     model.load_state_dict(weights)
     return model.to(device).eval(), tokenizer
