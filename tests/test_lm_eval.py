@@ -4,11 +4,13 @@ Skipped where lm-eval (`pip install -e ".[eval]"`) is absent."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from src.export import main as export_main
 from src.train import main as train_main
 from tests.helpers import REPO, LiveServer
 
@@ -33,11 +35,11 @@ def run(tmp_path, shakespeare):
     return root, args
 
 
-def lm_eval(root, url: str) -> dict:
-    out = root / "results"
-    command = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--include_path", str(REPO / "evals"),
+def lm_eval(root, model: str, model_args: str) -> dict:
+    out = root / f"results-{model}"
+    command = [sys.executable, "-m", "lm_eval", "--model", model, "--include_path", str(REPO / "evals"),
                "--tasks", "shakespeare_val,shakespeare_next_line", "--output_path", str(out),
-               "--model_args", f"base_url={url}/v1/completions,max_length=65,num_concurrent=2"]  # fmt: skip
+               "--model_args", model_args]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -49,7 +51,9 @@ def test_lm_eval_scores_both_tasks_through_the_api_and_agrees_with_src_train_tes
     root, args = run
     server = LiveServer(root / "m" / "checkpoints" / "last.ckpt", "--dtype", "float32")
     try:
-        results = lm_eval(root, server.url)
+        results = lm_eval(
+            root, "local-completions", f"base_url={server.url}/v1/completions,max_length=65,num_concurrent=2"
+        )
     finally:
         server.close()
     choice = results["shakespeare_next_line"]
@@ -60,6 +64,27 @@ def test_lm_eval_scores_both_tasks_through_the_api_and_agrees_with_src_train_tes
     capsys.readouterr()
     test_args = [*args, f"--data.test_path={root / 'val.txt'}", "--data.test_stride=64", "--ckpt_path=last"]
     train_main(["test", *test_args])
-    bpc = float(next(line.split()[-1] for line in capsys.readouterr().out.splitlines() if "test_bpc" in line))
+    # Lightning's table of test metrics: plain text, or drawn with rich where it is installed (transformers pulls it in)
+    bpc = float(re.search(r"test_bpc\W+([\d.]+)", capsys.readouterr().out).group(1))
     # lm-eval also scores the first character (after a newline) and reads windows one character shorter
     assert bits_per_byte == pytest.approx(bpc, rel=0.01)
+
+
+def test_lm_evals_hf_backend_scores_the_exported_folder_as_the_server_does(run):
+    """``src.export --format hf``'s folder through lm-eval's own ``hf`` backend (transformers, the default
+    config's value residuals: chargpt's code in the folder), the newline as the document's prefix as the server
+    tells lm-eval: the same bits per byte and the same choices as through the server."""
+    pytest.importorskip("transformers", reason="the hf extra: pip install -e '.[hf]'")
+    pytest.importorskip("accelerate", reason="lm-eval's hf backend: pip install -e '.[eval]'")
+    root, _ = run
+    folder = root / "hf"
+    export_main([f"--ckpt_path={root / 'm' / 'checkpoints' / 'last.ckpt'}", f"--out={folder}", "--format=hf"])
+    server = LiveServer(root / "m" / "checkpoints" / "last.ckpt", "--dtype", "float32")
+    try:
+        api = lm_eval(root, "local-completions", f"base_url={server.url}/v1/completions,max_length=65")
+    finally:
+        server.close()
+    hf = lm_eval(root, "hf", f"pretrained={folder},prefix_token_id=0,trust_remote_code=True")
+    bits = hf["shakespeare_val"]["bits_per_byte,none"]
+    assert bits == pytest.approx(api["shakespeare_val"]["bits_per_byte,none"], rel=1e-4)
+    assert hf["shakespeare_next_line"]["acc,none"] == api["shakespeare_next_line"]["acc,none"]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from src.checkpoints.build import build, describe
-from src.data.tokenizer import Tokenizer
+from src.data.tokenizer import Tokenizer, prompt_ids
 from src.errors import UserError
 from src.model import GPT, GPTConfig, LanguageModel
 
@@ -316,6 +316,7 @@ def model_card(model: LanguageModel, tokenizer: Tokenizer, ckpt: dict, plain: bo
     shown = {f.name: getattr(c, f.name) for f in fields(GPTConfig) if getattr(c, f.name) != f.default}
     options = ", ".join(f"{k}={v}" for k, v in shown.items()) or "the lecture's"
     load = "" if plain else ", trust_remote_code=True"
+    prefix = prompt_ids(tokenizer, "")[0]
     val = (
         f"{best[0]:.4f} nats per character ({best[0] / 0.6931471805599453:.4f} bits) at step {best[1]}" if best else "-"
     )
@@ -326,7 +327,7 @@ tags: [chargpt, character-level, text-generation]
 
 # {name}
 
-A character-level GPT trained with [chargpt](https://github.com/) (Karpathy's "Let's build GPT" as software):
+A character-level GPT trained with chargpt (Karpathy's "Let's build GPT" lecture as software):
 {model.num_params():,} parameters, {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, a context of {c.block_size}
 {"characters" if tokenizer.kind == "chars" else "bytes"} ({tokenizer.kind} tokenizer, {c.vocab_size} tokens). Options:
 {options}. {"A plain GPT2LMHeadModel." if plain else "Its modeling code is in this folder (generated from chargpt)."}
@@ -347,4 +348,10 @@ print(generate("ROMEO:", max_new_tokens=200, do_sample=True, temperature=0.8)[0]
 With chargpt: `python -m src.generate --ckpt_path path/to/this/folder --prompt "ROMEO:"`.
 
 A character outside the vocabulary is an error, as in chargpt. Upload: `huggingface-cli upload <user>/{name} .`
+
+## Evaluate
+
+`lm_eval --model hf --model_args pretrained=path/to/this/folder,prefix_token_id={prefix}{load.replace(" ", "")}`: the
+prefix is the newline (token {prefix}), which starts a document as chargpt's server tells
+lm-eval, so both score the same bits per byte.
 """
