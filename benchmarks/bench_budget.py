@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/shakespeare_char.yaml")
     parser.add_argument("--minutes", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
+    parser.add_argument("--keep", action="store_true", help="keep the runs' folders (lightning_logs/lever-budget*)")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="after --: flags for src.train fit")
     args = parser.parse_args()
     flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
@@ -32,7 +33,7 @@ def main() -> None:
     for minutes in args.minutes:
         for seed in args.seeds:
             budget = ["--trainer.max_time", f"00:00:{minutes:02d}:00"]
-            r = run(args.config, [*budget, *flags], seed, f"budget{minutes}", keep=False)
+            r = run(args.config, [*budget, *flags], seed, f"budget{minutes}", keep=args.keep)
             off = r["wall"] / (minutes * 60) - 1
             wall = f"{int(r['wall']) // 60}:{int(r['wall']) % 60:02d}"
             curve = ", ".join(f"{v:.4f}" for v in r["val"])

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src import export, generate, serve
+from src import export, generate, serve, tune
 from src.model import GPT, GPTConfig
 from src.train import main
 from tests.helpers import REPO, tiny_args
@@ -33,7 +33,7 @@ def commands(text: str) -> list[list[str]]:
 
 def test_the_readme_has_the_commands_a_newcomer_runs():
     modules = {cmd[2] for cmd in commands(README)}
-    assert {"src.train", "src.generate", "src.export", "src.serve"} <= modules
+    assert {"src.train", "src.generate", "src.export", "src.serve", "src.tune"} <= modules
 
 
 @pytest.mark.parametrize("cmd", commands(README) + commands((REPO / "docs/training.md").read_text()), ids=shlex.join)
@@ -45,6 +45,8 @@ def test_every_command_parses(cmd, workdir, capsys):
         export.build_parser().parse_args(args)
     elif module == "src.serve":
         serve.build_parser().parse_args(args)
+    elif module == "src.tune":
+        tune.build_parser().parse_args(args)
     else:
         assert module == "src.train", module
         extra = [] if "--help" in args else ["--print_config"]
@@ -94,11 +96,11 @@ def test_the_tag_table_names_what_a_default_config_run_writes(workdir, tiny_corp
 
 def test_the_quick_start_states_the_default_configs_size_steps_and_sample_interval():
     config = yaml.safe_load((REPO / "configs/shakespeare_char.yaml").read_text(encoding="utf-8"))
-    size, steps = re.search(r"trains a ([\d.]+)M-parameter\s+GPT for ([\d,]+) steps", README).groups()
+    size, steps = re.search(r"trains\s+a\s+([\d.]+)M-parameter\s+GPT\s+for\s+([\d,]+)\s+steps", README).groups()
     shape = {f.name: config["model"][f.name] for f in fields(GPTConfig) if f.name in config["model"]}  # options too
     shape["block_size"] = config["data"]["block_size"]
     model = GPT(GPTConfig(vocab_size=65, **shape))  # tiny-shakespeare's 65 characters
     assert f"{model.num_params() / 1e6:.1f}" == size
     assert int(steps.replace(",", "")) == config["trainer"]["max_steps"]
-    every = re.search(r"a text sample is\s+printed every ([\d,]+) steps", README).group(1)
+    every = re.search(r"a\s+text\s+sample\s+is\s+printed\s+every\s+([\d,]+)\s+steps", README).group(1)
     assert int(every.replace(",", "")) == config["sample"]["every_n_steps"]
