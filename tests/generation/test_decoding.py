@@ -10,7 +10,7 @@ import torch
 
 from src.generation.decoding import CACHE_MODES, generate
 from src.model import BigramLanguageModel, GPTConfig
-from tests.helpers import tiny_gpt
+from tests.helpers import REPO, tiny_gpt
 
 PROMPT = torch.tensor([[1, 2, 3]])
 
@@ -55,36 +55,31 @@ CHILD = """
 import json, sys, torch
 from torch._dynamo.utils import counters
 from src.generation.decoding import generate
-from tests.helpers import tiny_gpt
+from tests.helpers import REPO, tiny_gpt
 torch.manual_seed(0)
 model = tiny_gpt()
-prompt = torch.tensor([[1, 2, 3]])
-out = generate(model, prompt, 40, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1), compile=True)
-eager = generate(model, prompt, 40, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1))
-print(json.dumps({"same": torch.equal(out, eager), "hits": counters["inductor"]["fxgraph_cache_hit"]}))
+same = []
+for prompt in (torch.tensor([[1, 2, 3]]), torch.tensor([[1]])):
+    runs = [generate(model, prompt, 40, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1), **options)
+            for options in ({"compile": True}, {}, {"cache": "none"})]
+    same.append(torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2]))
+print(json.dumps({"same": same, "hits": counters["inductor"]["fxgraph_cache_hit"]}))
 """
 
 
 @pytest.mark.slow
 def test_compiled_equals_eager_and_a_second_process_compiles_from_the_cache():
-    """A 3-token prompt fills the cache through the padded window, a 1-token prompt through the one-token step; a
-    second process finds both graphs in Inductor's on-disk cache instead of generating their code again. All use
-    Inductor's default cache folder: a process caches the folder it first saw, so a folder set here could be ignored."""
-    torch.manual_seed(0)
-    model = tiny_gpt()
-    options = {"top_k": 5, "top_p": 0.9}  # every filter and the draw; greedy decoding is argmax of the same logits
-    for prompt in (PROMPT, PROMPT[:, :1]):
-        runs = [generate(model, prompt, 40, generator=seeded(1), compile=c, **options) for c in (False, True)]
-        assert torch.equal(*runs)
-        assert torch.equal(runs[1], generate(model, prompt, 40, generator=seeded(1), cache="none", **options))
-    # two fresh processes: the first compiles (or finds an earlier run's graphs), the second finds both on disk.
-    # Not this process's graphs: on a cold cache, those written after other tests ran here were not the ones a
-    # fresh process looks up (seen on a cold /tmp/torchinductor_root; the cause is Inductor's, not chargpt's)
-    for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600)
+    """A 3-token prompt fills the cache through the padded window, a 1-token prompt through the one-token step;
+    compiled, each gives the eager and the uncached tokens (every filter and the draw: greedy decoding is argmax of
+    the same logits). A second process finds both graphs in Inductor's on-disk cache instead of generating their
+    code again. Both run in fresh processes using Inductor's default cache folder: a process caches the folder it
+    first saw, so a folder set here could be ignored; and on a cold cache, graphs a process writes after other tests
+    ran in it were not the ones a fresh process looks up (seen on a cold /tmp/torchinductor_root; Inductor's cause)."""
+    for _ in range(2):  # the first compiles (or finds an earlier run's graphs), the second finds both on disk
+        done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600, cwd=REPO)
         assert done.returncode == 0, done.stderr[-3000:]
         child = json.loads(done.stdout.strip().splitlines()[-1])
-        assert child["same"]
+        assert child["same"] == [True, True]
     assert child["hits"] >= 2  # the step and the window graphs, from disk
 
 
