@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 import yaml
 
 from src.errors import UserError
@@ -20,6 +21,7 @@ from src.tuning.trial import run_trial
 
 PRUNERS = ("median", "halving", "none")
 SAMPLERS = ("tpe", "random", "grid")
+SCHEMA_TRIES = 5  # opening a new database while other workers create its tables
 
 
 @dataclass
@@ -69,9 +71,18 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     """The study's storage: a trial whose process died stops beating, and the next worker to start a trial marks it
     failed; SQLite waits up to a minute for another worker's write instead of failing at once."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: since Optuna 2.9
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120)
+    for attempt in range(SCHEMA_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: Optuna >= 2.9
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # workers started together on a new database create its tables at once, and all but one lose the race
+            # (PostgreSQL: "duplicate key value violates unique constraint pg_type_typname_nsp_index"); the winner's
+            # tables are there a moment later
+            if attempt == SCHEMA_TRIES - 1:
+                raise
+            time.sleep(1.0)
 
 
 def storage_problem(err: Exception) -> str:
