@@ -62,6 +62,7 @@ def main() -> None:
     print(f"default config: {default['steps']:,} steps, best val {min(default['val']):.4f}", flush=True)
 
     study = f"bench-{corpus.stem}-{args.minutes:g}m"
+    (REPO / "lightning_logs" / "tune").mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{REPO / 'lightning_logs' / 'tune' / study}.db"
     command = [sys.executable, "-m", "src.tune", "--config", args.config, "--trials", str(args.trials), "--study",
                study, "--storage", storage, *data, *budget, "--seed_everything", str(args.seed)]  # fmt: skip
