@@ -89,6 +89,8 @@ def storage_problem(err: Exception) -> str:
     text = str(err).splitlines()[0]
     if "database is locked" in text:
         return "the SQLite file is locked by another process: wait for it, or give the study a PostgreSQL --storage"
+    if "unable to open database file" in text:
+        return "SQLite cannot create the file there: make its folder, or check that it is writable"
     if type(err).__name__ == "ArgumentError" or "Could not parse" in text:
         return "not a database URL: sqlite:///path.db, or postgresql+psycopg://user:password@host/database"
     return text

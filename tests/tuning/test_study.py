@@ -4,6 +4,7 @@ import optuna
 import pytest
 import sqlalchemy.exc
 
+from src.errors import UserError
 from src.tuning import study
 
 
@@ -32,3 +33,9 @@ def test_a_storage_that_keeps_failing_is_not_retried_forever(tmp_path, monkeypat
     monkeypatch.setattr(study.time, "sleep", lambda seconds: None)
     with pytest.raises(sqlalchemy.exc.ProgrammingError):
         study.rdb_storage(f"sqlite:///{tmp_path / 's.db'}")
+
+
+def test_a_sqlite_file_in_a_missing_folder_is_one_line_that_says_so(tmp_path):
+    settings = study.StudySettings("s", [], [], tmp_path, f"sqlite:///{tmp_path / 'no' / 'such' / 's.db'}")
+    with pytest.raises(UserError, match=r"--storage sqlite:///.*/no/such/s.db: SQLite cannot create the file there"):
+        study.open_study(settings)
