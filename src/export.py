@@ -101,9 +101,9 @@ def export_hf(model: LanguageModel, tokenizer, ckpt: dict, out: Path) -> None:
     except ImportError:
         raise UserError('--format hf needs the tokenizers package: pip install -e ".[hf]"') from None
     name = out.resolve().name
-    plain = gpt2_refusal(model) is None
-    how = save_hf(model, tokenizer, out, model_card(model, tokenizer, ckpt, plain, name))
-    kind = "a plain GPT2LMHeadModel" if how == "gpt2" else f"its own modeling code ({how})"
+    refusal = gpt2_refusal(model)  # why GPT-2 cannot hold it, or None: the card and the folder follow it
+    save_hf(model, tokenizer, out, model_card(model, tokenizer, ckpt, refusal is None, name))
+    kind = "a plain GPT2LMHeadModel" if refusal is None else f"its own modeling code ({refusal})"
     print(f"wrote {out}: {kind}, tokenizer.json, README.md", file=sys.stderr)
 
 

@@ -280,18 +280,11 @@ def save_hf(model: LanguageModel, tokenizer: Tokenizer, folder: str | Path, card
     return "gpt2" if refusal is None else refusal
 
 
-def is_hf(folder: Path) -> bool:
-    try:
-        return "chargpt" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-
-
-def read_hf(folder: Path) -> tuple[LanguageModel, Tokenizer, dict[str, torch.Tensor]]:
-    """chargpt's model (freshly built), tokenizer and state dict from an hf folder, GPT-2's or its own code's."""
+def read_hf(folder: Path, config: dict) -> tuple[LanguageModel, Tokenizer, dict[str, torch.Tensor]]:
+    """chargpt's model (freshly built), tokenizer and state dict from an hf folder (``config``: its config.json),
+    GPT-2's or its own code's."""
     from safetensors.torch import load_file
 
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     model, tokenizer = build(config["chargpt"])
     weights = load_file(folder / "model.safetensors")
     if config["model_type"] == "chargpt":

@@ -42,15 +42,16 @@ def from_pretrained(folder: str | Path, device: str = "cpu") -> tuple[LanguageMo
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-        if "chargpt" in config:  # the Hugging Face folder (src.export --format hf)
-            model, tokenizer, weights = read_hf(folder)
+        hf = "chargpt" in config  # the Hugging Face folder (src.export --format hf)
+        if hf:
+            model, tokenizer, weights = read_hf(folder, config)
         else:
             weights = load_file(folder / WEIGHTS, device=str(device))
     except (OSError, ValueError, SafetensorError) as err:
         raise UserError(
             f"{folder} is not a readable chargpt export ({err}): make one with python -m src.export"
         ) from None
-    if "chargpt" not in config:
+    if not hf:
         if config.get("chargpt_format") != FORMAT:
             raise UserError(f"{folder / CONFIG} is not a chargpt export of format {FORMAT}")
         model, tokenizer = build(config)
