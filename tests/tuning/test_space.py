@@ -49,3 +49,24 @@ def test_an_empty_or_broken_file_says_so(tmp_path, text, problem):
         load_space(path, KEYS)
     with pytest.raises(UserError, match="No such file"):
         load_space(tmp_path / "missing.yaml", KEYS)
+
+
+def test_the_default_space_proposes_no_shape_the_model_refuses():
+    """Every width and head count it offers go together, with the default config's other options (rotary embeddings
+    need an even head size too): a trial of the default space is never spent on a refusal."""
+    import itertools
+
+    import yaml
+
+    from src.model.base import GPTConfig
+    from tests.helpers import REPO
+
+    space = {p.key: p for p in load_space(REPO / "configs/tune/default.yaml", set(KEYS) | {"model.n_layer",
+             "model.weight_decay", "model.dropout", "data.block_size"})}  # fmt: skip
+    model = yaml.safe_load((REPO / "configs/shakespeare_char.yaml").read_text())["model"]
+    assert (model["n_embd"], model["n_head"]) in itertools.product(space["model.n_embd"].choices,
+                                                                   space["model.n_head"].choices)  # fmt: skip
+    for width, heads in itertools.product(space["model.n_embd"].choices, space["model.n_head"].choices):
+        for rope in (False, True):
+            values = {**model, "n_embd": width, "n_head": heads, "rope": rope, "vocab_size": 65, "block_size": 256}
+            assert GPTConfig.problems(values) == [], (width, heads, rope)
