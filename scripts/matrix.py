@@ -44,6 +44,9 @@ FLOORS = {
     "uvicorn": "0.29.0",
     "prometheus-client": "0.17.0",
 }
+# the hf extra's (src.export --format hf): the lowest transformers that passes tests/checkpoints/test_hf.py and
+# lm-eval's hf backend (4.53 fails: its pipeline builds no tokenizer for a remote-code model), with its tokenizers
+EXTRA_FLOORS = {"transformers": "4.54.0", "tokenizers": "0.21.0"}
 SHOWN = ("torch", "lightning", "numpy", "jsonargparse")
 
 
@@ -55,7 +58,7 @@ class Session:
 
 
 SESSIONS = {
-    "floors": Session(FLOORS["python"], "lowest-direct", FLOORS),
+    "floors": Session(FLOORS["python"], "lowest-direct", FLOORS | EXTRA_FLOORS),
     "newest": Session("3.13", "highest"),
 }
 
@@ -77,7 +80,7 @@ def sh(*cmd: str, log, env: dict | None = None, timeout: float = 3600) -> int:
 
 
 def versions(py: str) -> dict[str, str]:
-    names = ", ".join(f"{n!r}: m.version({n!r})" for n in FLOORS if n != "python")
+    names = ", ".join(f"{n!r}: m.version({n!r})" for n in FLOORS | EXTRA_FLOORS if n != "python")
     code = "import importlib.metadata as m, json, platform; "
     code += f"print(json.dumps({{'python': platform.python_version(), {names}}}))"
     out = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=REPO)

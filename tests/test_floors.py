@@ -49,6 +49,17 @@ def test_the_floors_session_installs_what_pyproject_states():
     assert session.python == floors["python"] and session.resolution == "lowest-direct"
 
 
+def test_the_floors_session_installs_the_hf_extra_at_its_floor():
+    """The transformers floor is a tested one (scripts/matrix.py says how it was found), for the hf extra."""
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["hf"]
+    stated = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)>=([\d.]+)", r.replace(" ", "")).groups() for r in extra)
+    floors = matrix().EXTRA_FLOORS
+    assert floors.keys() == stated.keys()
+    for name, floor in stated.items():
+        assert release(floors[name]) == release(floor), f"{name}: the hf extra says >={floor}, matrix {floors[name]}"
+    assert floors.items() <= matrix().SESSIONS["floors"].expect.items()
+
+
 def test_the_start_up_check_and_the_readme_state_the_same_floors():
     floors = matrix().FLOORS
     python, torch = release(floors["python"])[:2], release(floors["torch"])[:2]
