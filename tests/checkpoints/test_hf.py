@@ -110,3 +110,19 @@ def test_the_shipped_code_is_chargpts_model_source_and_the_config_names_it(tmp_p
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_chargpt.ChargptForCausalLM"
     assert config["chargpt"]["mtp_weight"] == 0.0  # the multi-token head trains only
+
+
+def test_the_readmes_transformers_example_runs_on_an_exported_folder(tmp_path, monkeypatch, capsys):
+    """README's three lines, as written, on an exported folder named as there (its prompt swapped for one in the tiny
+    vocabulary): they print a continuation of the prompt."""
+    import re
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (code,) = [block for block in re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M) if "transformers" in block]
+    folder = re.search(r'model="([^"]+)"', code).group(1)
+    _, exported_to = exported(tmp_path, "default_config")
+    exported_to.rename(tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    exec(code.replace('"ROMEO:"', '"All:"'), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("All:") and len(printed) > len("All:") + 100
