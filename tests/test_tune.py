@@ -65,8 +65,9 @@ def test_skipped_pruned_and_diverged_trials_are_recorded_as_such(workdir, tiny_c
     by_heads = {t.params["model.n_head"]: t for t in study.trials}
     assert by_heads[3].state == PRUNED and "skipped: " in by_heads[3].user_attrs["reason"]
     assert "n_embd (16) must be divisible by n_head (3)" in by_heads[3].user_attrs["reason"]
-    assert by_heads[2].state == PRUNED and by_heads[2].user_attrs["reason"] == "pruned at step 10 (val " + (
-        f"{by_heads[2].intermediate_values[10]:.4f})"
+    first = by_heads[2].intermediate_values[1]  # reported as the first evaluation, at step 10
+    assert by_heads[2].state == PRUNED and by_heads[2].user_attrs["reason"] == (
+        f"pruned at evaluation 1, step 10 (val {first:.4f})"
     )
     rate = [Param("model.learning_rate", "categorical", choices=(0.01,))]
     nan = StudySettings("n", rate, [*tiny_args(tiny_corpus), poison(5, math.nan)], Path("lightning_logs"))

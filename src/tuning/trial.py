@@ -44,20 +44,23 @@ def config_keys(base: list[str]) -> set[str]:
 
 
 class ReportValLoss(L.Callback):
-    """Each validation loss to the trial, at the step it was reached, and the pruner's verdict. (optuna-integration's
+    """Each validation loss to the trial, as its k-th evaluation, and the pruner's verdict. Pruners compare trials at
+    the same report, and under a time budget each trial plans its own step count with its evaluations at the same
+    fractions of the budget: keyed by the step, no two trials would ever be compared. (optuna-integration's
     PyTorchLightningPruningCallback reports at the epoch, and a chargpt run is one epoch of steps: it would report
     only the first evaluation.)"""
 
     def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
+        self.trial, self.evaluations = trial, 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
             return
         val, step = trainer.callback_metrics["val_loss"].item(), trainer.global_step
-        self.trial.report(val, step)
+        self.evaluations += 1
+        self.trial.report(val, self.evaluations)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step} (val {val:.4f})")
+            raise optuna.TrialPruned(f"pruned at evaluation {self.evaluations}, step {step} (val {val:.4f})")
 
 
 def run_trial(trial: optuna.Trial, space: list[Param], base: list[str], root: Path, study: str) -> float:
