@@ -66,7 +66,9 @@ def main() -> None:
     storage = f"sqlite:///{REPO / 'lightning_logs' / 'tune' / study}.db"
     command = [sys.executable, "-m", "src.tune", "--config", args.config, "--trials", str(args.trials), "--study",
                study, "--storage", storage, *data, *budget, "--seed_everything", str(args.seed)]  # fmt: skip
-    subprocess.run(command, cwd=REPO, check=True)
+    code = subprocess.run(command, cwd=REPO).returncode
+    if code:  # stopped (Ctrl-C: 130) or failed; src.tune has printed its table and the command that continues
+        sys.exit(code)
     best = optuna.load_study(study_name=study, storage=storage).best_trial
     print("| run | best val | values |\n| --- | --- | --- |")
     print(f"| default config | {min(default['val']):.4f} | |")

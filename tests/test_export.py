@@ -1,6 +1,7 @@
 """The export folder and model.onnx: written from a checkpoint, reloaded to the same logits and text."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -48,6 +49,16 @@ def test_onnx_logits_match_pytorch(ckpt, exported):
         idx = torch.randint(0, tokenizer.vocab_size, shape)
         (logits,) = session.run(None, {"idx": idx.numpy()})
         assert torch.allclose(torch.from_numpy(logits), AllLogits(model)(idx), atol=1e-4)
+
+
+def test_export_hf_without_the_extra_says_which_to_install(ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if the hf extra were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([f"--ckpt_path={ckpt}", f"--out={tmp_path / 'hf'}", "--format=hf"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and not (tmp_path / "hf").exists()
+    last = err.strip().splitlines()[-1]
+    assert last == 'chargpt export: error: --format hf needs the tokenizers package: pip install -e ".[hf]"'
 
 
 def test_export_hf_writes_the_hubs_layout_that_src_generate_reads(ckpt, tmp_path, capsys):
