@@ -123,11 +123,11 @@ def model_sources() -> dict[str, str]:
     return out
 
 
-def modeling_source() -> str:
-    """modeling_chargpt.py: MODELING, importing every shipped module by name. transformers before 5.x (4.57 among
-    them) copies a local folder's modeling file with its own relative imports only, not with theirs."""
-    names = ["errors", *MODEL_SOURCES]
-    lines = [f"from .chargpt_{n} import __name__ as _{n}  # noqa: F401 (transformers copies it)" for n in names]
+def modeling_source(shipped: list[str]) -> str:
+    """modeling_chargpt.py: MODELING, importing every shipped module (``shipped``: their file names) by name.
+    transformers 4.54-5.0 copy a local folder's modeling file with its own relative imports only, not with theirs."""
+    stems = [Path(name).stem for name in shipped]
+    lines = [f"from .{s} import __name__ as _{s}  # noqa: F401 (transformers copies it)" for s in stems]
     return MODELING.replace("# SHIPPED\n", "\n".join(lines) + "\n")
 
 
@@ -272,9 +272,10 @@ def save_hf(model: LanguageModel, tokenizer: Tokenizer, folder: str | Path, card
         }
         weights = {f"model.{k}": v.detach().float().clone().contiguous() for k, v in model.state_dict().items()
                    if not k.startswith("mtp_head.")}  # fmt: skip
-        for name, text in model_sources().items():
+        sources = model_sources()
+        for name, text in sources.items():
             (folder / name).write_text(text, encoding="utf-8")
-        (folder / "modeling_chargpt.py").write_text(modeling_source(), encoding="utf-8")
+        (folder / "modeling_chargpt.py").write_text(modeling_source(list(sources)), encoding="utf-8")
         (folder / "configuration_chargpt.py").write_text(CONFIGURATION, encoding="utf-8")
     (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
