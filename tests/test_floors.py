@@ -31,13 +31,15 @@ def release(version: str) -> tuple[int, ...]:
     return parts + (0,) * (3 - len(parts))
 
 
+def lower_bounds(requirements: list[str]) -> dict[str, str]:
+    """{name: floor} of requirements written ``name[extras]>=floor``."""
+    pattern = r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([\d.]+)"
+    return dict(re.fullmatch(pattern, r.replace(" ", "")).groups() for r in requirements)
+
+
 def pyproject_floors() -> dict[str, str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    floors = {"python": project["requires-python"].removeprefix(">=")}
-    for requirement in project["dependencies"]:
-        name, floor = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([\d.]+)", requirement.replace(" ", "")).groups()
-        floors[name] = floor
-    return floors
+    return {"python": project["requires-python"].removeprefix(">="), **lower_bounds(project["dependencies"])}
 
 
 def test_the_floors_session_installs_what_pyproject_states():
@@ -52,7 +54,7 @@ def test_the_floors_session_installs_what_pyproject_states():
 def test_the_floors_session_installs_the_hf_extra_at_its_floor():
     """The transformers floor is a tested one (scripts/matrix.py says how it was found), for the hf extra."""
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["hf"]
-    stated = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)>=([\d.]+)", r.replace(" ", "")).groups() for r in extra)
+    stated = lower_bounds(extra)
     floors = matrix().EXTRA_FLOORS
     assert floors.keys() == stated.keys()
     for name, floor in stated.items():
